@@ -1,0 +1,68 @@
+using Microsoft.Extensions.Logging;
+
+namespace NbdClient;
+
+/// <summary>Settings of one NBD connection.</summary>
+public sealed record NbdClientOptions
+{
+    /// <summary>Requests in flight per connection (libnbd suggests 64).</summary>
+    public int MaxInFlight { get; init; } = 64;
+
+    /// <summary>Time allowed to open the socket.</summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Time allowed for the whole handshake. qemu-nbd --shared=1 accepts a second client's
+    /// socket and then blocks its handshake until the first leaves, so this must be bounded.</summary>
+    public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>A request without a reply for this long fails the connection (the protocol has no
+    /// cancel, so a hung server can only be abandoned). <see cref="Timeout.InfiniteTimeSpan"/> disables it.</summary>
+    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(120);
+
+    /// <summary>Negotiate structured replies (needed for block status and sparse reads).</summary>
+    public bool StructuredReplies { get; init; } = true;
+
+    /// <summary>Metadata contexts to select (SET_META_CONTEXT). Unknown ones are silently dropped by servers.</summary>
+    public IReadOnlyList<string> MetaContexts { get; init; } = [NbdMetaContexts.BaseAllocation];
+
+    /// <summary>TLS settings; used when the endpoint requires TLS (nbds://). Null uses the system trust store.</summary>
+    public NbdTlsOptions? Tls { get; init; }
+
+    /// <summary>Cap on READ/WRITE payloads; the effective value is min(this, server maximum, 32 MiB).</summary>
+    public int MaxPayload { get; init; } = 32 * 1024 * 1024;
+
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    public ILoggerFactory? LoggerFactory { get; init; }
+}
+
+/// <summary>X.509 TLS settings. The server certificate is always verified.</summary>
+public sealed record NbdTlsOptions
+{
+    /// <summary>PEM file with the CA certificate(s) to trust; null = system trust store.</summary>
+    public string? CaFile { get; init; }
+
+    /// <summary>Optional client certificate (PEM), e.g. for qemu-nbd's default verify-peer=on.</summary>
+    public string? ClientCertificateFile { get; init; }
+
+    /// <summary>Key of the client certificate (PEM).</summary>
+    public string? ClientKeyFile { get; init; }
+
+    /// <summary>Name to verify in the server certificate; defaults to the URI host, or "localhost" for unix sockets.</summary>
+    public string? Hostname { get; init; }
+}
+
+/// <summary>Settings of a pool of connections to one export.</summary>
+public sealed record NbdPoolOptions
+{
+    public NbdClientOptions Connection { get; init; } = new();
+
+    /// <summary>Connections to open when the export advertises CAN_MULTI_CONN (otherwise 1).</summary>
+    public int MaxConnections { get; init; } = 4;
+
+    /// <summary>How many times to try opening a replacement connection before failing a request.</summary>
+    public int ReconnectAttempts { get; init; } = 3;
+
+    /// <summary>First back-off delay between reconnect attempts (exponential, with jitter).</summary>
+    public TimeSpan ReconnectDelay { get; init; } = TimeSpan.FromMilliseconds(100);
+}

@@ -1,0 +1,20 @@
+using System.Net;
+
+namespace NbdClient;
+
+/// <summary>Where an export lives: a socket address, the export name and whether TLS is required.</summary>
+/// <param name="Address">A <see cref="System.Net.Sockets.UnixDomainSocketEndPoint"/>, <see cref="DnsEndPoint"/> or <see cref="IPEndPoint"/>.</param>
+/// <param name="ExportName">Export name ("" = default export).</param>
+/// <param name="RequireTls">True for nbds:// and nbds+unix://: the connection fails if TLS cannot be negotiated.</param>
+/// <param name="TlsHostname">Name to verify in the server certificate (URI host, or tls-hostname=).</param>
+public sealed partial record NbdEndpoint(EndPoint Address, string ExportName, bool RequireTls = false, string? TlsHostname = null)
+{
+    /// <summary>Display form without secrets, for logs and errors.</summary>
+    public override string ToString() => Address switch
+    {
+        System.Net.Sockets.UnixDomainSocketEndPoint u => $"{(RequireTls ? "nbds" : "nbd")}+unix:///{ExportName}?socket={u}",
+        DnsEndPoint d => $"{(RequireTls ? "nbds" : "nbd")}://{d.Host}:{d.Port}/{ExportName}",
+        IPEndPoint ip => $"{(RequireTls ? "nbds" : "nbd")}://{(ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{ip.Address}]" : ip.Address.ToString())}:{ip.Port}/{ExportName}",
+        _ => Address.ToString() ?? "?",
+    };
+}
