@@ -138,6 +138,19 @@ public abstract class FakeServerTestBase : IAsyncLifetime
         ex.Should().BeNull($"{what} must succeed; got {ex}");
     }
 
+    /// <summary>Runs a client call as a task; local refusals may be thrown synchronously by the call itself.</summary>
+    protected static Task Call(Func<ValueTask> call)
+    {
+        try
+        {
+            return call().AsTask();
+        }
+        catch (Exception ex)
+        {
+            return Task.FromException(ex);
+        }
+    }
+
     protected static byte[] Pattern(int length, int seed)
     {
         var data = new byte[length];
