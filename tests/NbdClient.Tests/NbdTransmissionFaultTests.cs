@@ -639,4 +639,25 @@ public sealed class NbdTransmissionFaultTests : FakeServerTestBase
         if (c is not null)
             c.Should().BeAssignableTo<NbdException>();
     }
+
+    [Fact]
+    public async Task BlockStatusReplyWithoutOurContext_FailsThatRequestTyped_ConnectionStays()
+    {
+        // DONE arrives with a chunk for an id we never negotiated and none for ours (libnbd ignores
+        // unknown ids; nbdcopy calls such a server broken). The stream is still in sync.
+        Server.Transmission = async s =>
+        {
+            var r = await s.ReadRequestsAsync(1);
+            await s.SendBlockStatusAsync(r[0].Cookie, 99, [(r[0].Length, 0u)], done: true);
+            await s.ServeAsync();
+        };
+        var conn = await ConnectAsync();
+        var ex = await OutcomeAsync(conn.GetExtentsAsync(0, 65536).AsTask(), "block status");
+        // Today this is the base NbdException (NbdConnection.GetExtentsAsync "returned no extents"),
+        // reported to the lead as not one of the documented request failure types.
+        ex.Should().BeAssignableTo<NbdException>();
+        ex.Should().NotBeOfType<NbdConnectionException>("the stream is in sync; only this request failed");
+        await ShouldSucceedAsync(conn.ReadAsync(0, new byte[512]).AsTask(), "read afterwards");
+        conn.IsClosed.Should().BeFalse();
+    }
 }
