@@ -56,6 +56,7 @@ public sealed class NbdPool : IAsyncDisposable
             {
                 MaxRetryAttempts = options.ReconnectAttempts - 1,
                 Delay = options.ReconnectDelay,
+                MaxDelay = options.ReconnectMaxDelay,
                 BackoffType = DelayBackoffType.Exponential,
                 UseJitter = true,
                 ShouldHandle = new PredicateBuilder()
