@@ -177,7 +177,8 @@ public sealed partial class NbdConnection : IAsyncDisposable
     /// <summary>Reads with command flags (only <see cref="NbdCommandFlags.DontFragment"/> is valid).</summary>
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, NbdCommandFlags flags, CancellationToken cancellationToken = default)
     {
-        CheckRequest(NbdCommand.Read, flags, offset, buffer.Length);
+        if (Validate(NbdCommand.Read, flags, offset, buffer.Length) is { } refused)
+            return ValueTask.FromException(refused);
         if (buffer.Length == 0)
             return default; // length 0 is undefined in the spec (nbdkit fails it): never send it
         var max = _export.MaximumPayload;
@@ -195,7 +196,8 @@ public sealed partial class NbdConnection : IAsyncDisposable
     /// <summary>Writes data at offset (split above the maximum payload). Completes when the server acknowledged every part.</summary>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
     {
-        CheckRequest(NbdCommand.Write, flags, offset, data.Length);
+        if (Validate(NbdCommand.Write, flags, offset, data.Length) is { } refused)
+            return ValueTask.FromException(refused);
         if (data.Length == 0)
             return default;
         var max = _export.MaximumPayload;
@@ -225,7 +227,8 @@ public sealed partial class NbdConnection : IAsyncDisposable
 
     private ValueTask PayloadlessAsync(NbdCommand command, NbdCommandFlags flags, long offset, long length, CancellationToken cancellationToken)
     {
-        CheckRequest(command, flags, offset, length);
+        if (Validate(command, flags, offset, length) is { } refused)
+            return ValueTask.FromException(refused);
         if (length == 0)
             return default;
         var max = MaxEffectLength - (MaxEffectLength % _export.MinimumBlockSize);
@@ -276,7 +279,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
             }
             // nbdcopy: "NBD server is broken: it is not returning extent information".
             if (progress == 0)
-                throw new NbdException($"the NBD server returned no extents for '{context}' at offset {at}");
+                throw new NbdCommandException(NbdCommand.BlockStatus, at, Math.Min(step, end - at), NbdErrorCode.EIO, $"the server returned no extents for '{context}'");
             at += progress;
         }
         return result;
@@ -307,6 +310,13 @@ public sealed partial class NbdConnection : IAsyncDisposable
 
     private void CheckRequest(NbdCommand command, NbdCommandFlags flags, long offset, long length)
     {
+        if (Validate(command, flags, offset, length) is { } refused)
+            throw refused;
+    }
+
+    /// <summary>What the export's flags and size forbid, refused before anything is sent.</summary>
+    private NbdRequestRefusedException? Validate(NbdCommand command, NbdCommandFlags flags, long offset, long length)
+    {
         var export = _export;
         var allowed = command switch
         {
@@ -317,7 +327,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
             _ => NbdCommandFlags.None,
         };
         if ((flags & ~allowed) != 0)
-            throw new NbdRequestRefusedException($"flags {flags & ~allowed} are not allowed for {command} on this export (flags 0x{(ushort)export.Flags:x4})");
+            return new NbdRequestRefusedException($"flags {flags & ~allowed} are not allowed for {command} on this export (flags 0x{(ushort)export.Flags:x4})");
         var refused = command switch
         {
             NbdCommand.Write or NbdCommand.WriteZeroes or NbdCommand.Trim when export.IsReadOnly => "the export is read-only",
@@ -329,13 +339,14 @@ public sealed partial class NbdConnection : IAsyncDisposable
             _ => null,
         };
         if (refused is not null)
-            throw new NbdRequestRefusedException($"{command} refused: {refused}");
+            return new NbdRequestRefusedException($"{command} refused: {refused}");
         // Overflow-safe: offset + length <= size  ⇔  offset <= size - length.
         if (offset < 0 || length < 0 || length > export.Size || offset > export.Size - length)
-            throw new NbdRequestRefusedException($"{command} offset={offset} length={length} is outside the export (size {export.Size})");
+            return new NbdRequestRefusedException($"{command} offset={offset} length={length} is outside the export (size {export.Size})");
         var min = export.MinimumBlockSize;
         if (min > 1 && (offset % min != 0 || (length % min != 0 && offset + length != export.Size)))
-            throw new NbdRequestRefusedException($"{command} offset={offset} length={length} is not aligned to the server's minimum block size {min}");
+            return new NbdRequestRefusedException($"{command} offset={offset} length={length} is not aligned to the server's minimum block size {min}");
+        return null;
     }
 
     private NbdConnectionException ClosedError() =>

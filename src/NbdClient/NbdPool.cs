@@ -160,7 +160,8 @@ public sealed class NbdPool : IAsyncDisposable
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
     {
-        CheckRange(offset, data.Length);
+        if (RangeError(offset, data.Length) is { } refused)
+            return ValueTask.FromException(refused);
         var max = Export.MaximumPayload;
         if (data.Length <= max)
             return data.Length == 0 ? default : new ValueTask(WriteLikeAsync(NbdCommand.Write, flags, offset, data, data.Length, cancellationToken));
@@ -310,9 +311,17 @@ public sealed class NbdPool : IAsyncDisposable
 
     private void CheckRange(long offset, long length)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (RangeError(offset, length) is { } refused)
+            throw refused;
+    }
+
+    private Exception? RangeError(long offset, long length)
+    {
+        if (_disposed)
+            return new ObjectDisposedException(nameof(NbdPool));
         if (offset < 0 || length < 0 || length > Export.Size || offset > Export.Size - length)
-            throw new NbdRequestRefusedException($"offset={offset} length={length} is outside the export (size {Export.Size})");
+            return new NbdRequestRefusedException($"offset={offset} length={length} is outside the export (size {Export.Size})");
+        return null;
     }
 
     /// <summary>Removes dead connections; remembers when one died holding unflushed writes. Call under _lock.</summary>
