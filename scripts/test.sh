@@ -158,8 +158,9 @@ log "dotnet test${filter:+ --filter $filter} (hang guard $hang_timeout per test)
 # stays in the foreground and only dotnet itself is timed out.
 timeout_args=(--kill-after=30s)
 if [ -t 0 ]; then timeout_args+=(--foreground); fi
-timeout "${timeout_args[@]}" "$run_timeout" dotnet "${test_args[@]}"
-test_rc=$?
+test_log=$results_dir/dotnet-test.log
+timeout "${timeout_args[@]}" "$run_timeout" dotnet "${test_args[@]}" 2>&1 | tee "$test_log"
+test_rc=${PIPESTATUS[0]}
 if [ $test_rc -eq 124 ] || [ $test_rc -eq 137 ]; then
   log "dotnet test did not finish within $run_timeout and was killed"
 fi
@@ -212,6 +213,14 @@ if [ $aborted_runs -gt 0 ]; then
   else
     failed_names+=("($aborted_runs test run(s) aborted; see the output above)")
   fi
+fi
+
+# Default TRX names come from the run's start second, made unique by a check-then-write: two test
+# projects finishing at the same instant could overwrite one another. Never undercount silently.
+if grep -q 'Overwriting results file' "$test_log"; then
+  log "a TRX file was overwritten (two test projects wrote the same name); counts would be incomplete"
+  failed=$(( failed + 1 ))
+  failed_names+=("(TRX results overwritten: rerun)")
 fi
 
 if [ $test_rc -ne 0 ] && [ $failed -eq 0 ]; then
