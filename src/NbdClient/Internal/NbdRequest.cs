@@ -1,0 +1,209 @@
+using NbdClient.Protocol;
+
+namespace NbdClient.Internal;
+
+/// <summary>One request on one connection, from queueing to its last reply chunk.</summary>
+internal sealed class NbdRequest
+{
+    private readonly TaskCompletionSource _caller = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource<Exception?> _settled = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public NbdRequest(NbdCommand command, NbdCommandFlags flags, long offset, uint length)
+    {
+        Command = command;
+        Flags = flags;
+        Offset = offset;
+        Length = length;
+    }
+
+    public NbdCommand Command { get; }
+    public NbdCommandFlags Flags { get; }
+    public long Offset { get; }
+    public uint Length { get; }
+    public long End => Offset + Length;
+    public ulong Cookie { get; set; }
+
+    /// <summary>WRITE payload.</summary>
+    public ReadOnlyMemory<byte> Payload { get; init; }
+
+    /// <summary>READ destination; written only while <see cref="TryBeginReceive"/> holds.</summary>
+    public Memory<byte> Destination { get; init; }
+
+    /// <summary>BLOCK_STATUS results by context id.</summary>
+    public Dictionary<uint, List<NbdExtent>>? Extents { get; set; }
+
+    /// <summary>Sequence number from the connection's <see cref="WriteTracker"/>, 0 for other commands.</summary>
+    public long WriteSequence { get; set; }
+
+    public long StartTimestamp { get; set; }
+
+    /// <summary>Bytes of a READ covered by data and hole chunks.</summary>
+    public long BytesSeen { get; set; }
+
+    /// <summary>First error reported for this request (an error chunk does not end the reply).</summary>
+    public Exception? Error { get; set; }
+
+    public CancellationTokenRegistration Registration { get; set; }
+
+    public Task Task => _caller.Task;
+
+    /// <summary>Completes (never faults) when the server answered, the connection failed, or the request
+    /// was dropped before it was sent — even if the caller stopped waiting earlier. Result: the error, if any.</summary>
+    public Task<Exception?> Settled => _settled.Task;
+
+    public void Settle(Exception? error) => _settled.TrySetResult(error);
+
+    public bool IsWriteLike => Command is NbdCommand.Write or NbdCommand.WriteZeroes or NbdCommand.Trim;
+
+    // The state decides who may touch the caller's memory: the writer while Sending, the reader while
+    // Receiving. A cancelled caller is released only when neither does, so it can reuse its buffer.
+    private RequestState _state;
+    private bool _cancelRequested;
+    private bool _detached;
+
+    private enum RequestState
+    {
+        /// <summary>In the send queue.</summary>
+        Queued,
+        /// <summary>The writer is sending header and payload.</summary>
+        Sending,
+        /// <summary>On the wire, waiting for replies.</summary>
+        Sent,
+        /// <summary>The reader is copying reply data into <see cref="Destination"/>.</summary>
+        Receiving,
+        /// <summary>Answered, failed, or cancelled before it was sent.</summary>
+        Finished,
+    }
+
+    /// <summary>True once the writer started sending: a write's outcome is then unknown if the connection dies.</summary>
+    public bool WasSent
+    {
+        get
+        {
+            lock (_caller)
+                return _everSent;
+        }
+    }
+
+    private bool _everSent;
+    private bool _finishPending;
+    private Exception? _finishError;
+
+    /// <summary>Writer: claim the request for sending. False when it was cancelled while queued.</summary>
+    public bool TryBeginSend()
+    {
+        lock (_caller)
+        {
+            if (_state != RequestState.Queued)
+                return false;
+            _state = RequestState.Sending;
+            _everSent = true;
+            return true;
+        }
+    }
+
+    /// <summary>Writer: the payload is no longer needed.</summary>
+    public void EndSend()
+    {
+        lock (_caller)
+        {
+            if (_state == RequestState.Sending)
+                _state = RequestState.Sent;
+            ReleaseIfCancelRequested();
+        }
+    }
+
+    /// <summary>Reader: may reply data be copied into <see cref="Destination"/>? False when the caller left.</summary>
+    public bool TryBeginReceive()
+    {
+        lock (_caller)
+        {
+            if (_detached || _state != RequestState.Sent)
+                return false;
+            _state = RequestState.Receiving;
+            return true;
+        }
+    }
+
+    public void EndReceive()
+    {
+        lock (_caller)
+        {
+            if (_state == RequestState.Receiving)
+                _state = RequestState.Sent;
+            ReleaseIfCancelRequested();
+        }
+    }
+
+    private void ReleaseIfCancelRequested()
+    {
+        if (_finishPending)
+        {
+            _finishPending = false;
+            _state = RequestState.Finished;
+            CompleteCaller(_finishError);
+            return;
+        }
+        if (_cancelRequested && !_detached)
+        {
+            _detached = true;
+            _caller.TrySetCanceled();
+        }
+    }
+
+    /// <summary>Caller cancelled. Returns true when the request was still queued: it will never be sent,
+    /// and the connection must forget it.</summary>
+    public bool Cancel(CancellationToken token)
+    {
+        lock (_caller)
+        {
+            switch (_state)
+            {
+                case RequestState.Queued:
+                    _state = RequestState.Finished;
+                    _caller.TrySetCanceled(token);
+                    return true;
+                case RequestState.Sent:
+                    _detached = true;
+                    _caller.TrySetCanceled(token);
+                    return false;
+                case RequestState.Sending:
+                case RequestState.Receiving:
+                    _cancelRequested = true;
+                    return false;
+                default:
+                    return false;
+            }
+        }
+    }
+
+    /// <summary>Last reply chunk arrived, or the connection failed. If the writer or the reader is still
+    /// using the caller's memory, the caller is released when they are done with it.</summary>
+    public void Finish(Exception? error)
+    {
+        Registration.Dispose();
+        _settled.TrySetResult(error);
+        lock (_caller)
+        {
+            if (_state is RequestState.Sending or RequestState.Receiving)
+            {
+                _finishPending = true;
+                _finishError = error;
+                return;
+            }
+            _state = RequestState.Finished;
+            CompleteCaller(error);
+        }
+    }
+
+    private void CompleteCaller(Exception? error)
+    {
+        if (_detached)
+            return;
+        _detached = true;
+        if (error is null)
+            _caller.TrySetResult();
+        else
+            _caller.TrySetException(error);
+    }
+}
