@@ -1,10 +1,16 @@
 using ImageioProxy.Hosting;
 
 // ImageioProxy [--Section:Key=value ...]            serve (imageio's daemon)
+// ImageioProxy probe URL [TIMEOUT_SECONDS]
 // ImageioProxy serve-image IMAGE [--size SIZE] [--format raw|qcow2] [--Section:Key=value ...]
 if (args.Length > 0 && args[0] == "serve-image")
 {
     return await ServeImageCommand.RunAsync(args[1..]);
+}
+// ImageioProxy probe URL: exit 0 when URL answers 2xx (the container's exec-form HEALTHCHECK).
+if (args.Length > 0 && args[0] == "probe")
+{
+    return await ProbeCommand.RunAsync(args[1..]);
 }
 
 await using var server = ProxyServer.Create(args);

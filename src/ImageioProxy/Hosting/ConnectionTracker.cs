@@ -17,9 +17,19 @@ public sealed class ClientConnection
     {
         _context = context;
         _lastActivity = now;
+        StartTimestamp = now;
     }
 
     public string Id => _context.ConnectionId;
+
+    /// <summary>When the connection was accepted.</summary>
+    public long StartTimestamp { get; }
+
+    /// <summary>The socket's peer: "address:port" for TCP, "unix" for the local socket.</summary>
+    public string Peer => _context.RemoteEndPoint is System.Net.IPEndPoint ip ? ip.ToString() : "unix";
+
+    /// <summary>Operation counters for the CLOSE line.</summary>
+    public Observability.ConnectionStats Stats { get; } = new();
 
     /// <summary>The ticket whose requests this connection made last; its inactivity timeout applies.</summary>
     public Ticket? Ticket { get; internal set; }
@@ -82,6 +92,7 @@ public sealed partial class ConnectionTracker : IAsyncDisposable
         {
             _connections.TryRemove(context.ConnectionId, out _);
             connection.Ticket?.RemoveConnection(connection);
+            Observability.ConnectionCloseLog.Write(_logger, connection, _time.GetElapsedTime(connection.StartTimestamp));
         }
     };
 

@@ -44,6 +44,9 @@ public sealed partial class ProxyServer : IAsyncDisposable
 
     public ConnectionTracker Connections => _data.Services.GetRequiredService<ConnectionTracker>();
 
+    /// <summary>The TCP port of the monitoring listener once started; null when Monitoring:Port is unset.</summary>
+    public int? MonitoringPort => _data.Services.GetRequiredService<MonitoringServer>().Port;
+
     /// <summary>The TCP port of the remote service once started (useful with Remote:Port=0).</summary>
     public int? RemotePort { get; private set; }
 
@@ -58,6 +61,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
             ContentRootPath = AppContext.BaseDirectory,
         });
         configure?.Invoke(builder.Configuration);
+        OperationsSetup.AddConfigFile(builder.Configuration);
         ConfigureLogging(builder.Logging);
         builder.WebHost.UseKestrelHttpsConfiguration();
 
@@ -73,13 +77,14 @@ public sealed partial class ProxyServer : IAsyncDisposable
         builder.Services.AddSingleton<ConnectionTracker>();
         builder.Services.AddSingleton<DataApi>();
         builder.Services.AddSingleton<ControlApi>();
+        var operationsErrors = OperationsSetup.AddOperations(builder);
         services?.Invoke(builder.Services);
 
         var remote = config.GetSection(RemoteOptions.Section).Get<RemoteOptions>() ?? new();
         var tls = config.GetSection(TlsOptions.Section).Get<TlsOptions>() ?? new();
         var local = config.GetSection(LocalOptions.Section).Get<LocalOptions>() ?? new();
         var control = config.GetSection(ControlOptions.Section).Get<ControlOptions>() ?? new();
-        Validate(config);
+        Validate(config, operationsErrors);
 
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
@@ -123,6 +128,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
         });
 
         var data = builder.Build();
+        OperationsSetup.UseOperations(data);
         data.Run(data.Services.GetRequiredService<DataApi>().HandleAsync);
 
         WebApplication? controlApp = null;
@@ -167,6 +173,8 @@ public sealed partial class ProxyServer : IAsyncDisposable
         }
         LogStarted(Remote.Enable ? $"{Remote.Host}:{RemotePort}" : "disabled", Local.Enable ? Printable(Local.Socket) : "disabled",
             _control is not null ? ControlSettings.Socket : "disabled");
+        // Every listener is up: readiness and systemd's READY=1 (Type=notify).
+        _data.Services.GetRequiredService<Observability.ServiceReadiness>().MarkStarted();
     }
 
     /// <summary>Stops accepting, lets running requests finish, then flushes and closes every pool.</summary>
@@ -231,16 +239,17 @@ public sealed partial class ProxyServer : IAsyncDisposable
 
     private static void ConfigureLogging(ILoggingBuilder logging)
     {
-        // Request lines carry the ticket id, a secret (imageio issue #26): never log them.
-        logging.AddFilter("Microsoft.AspNetCore.Hosting.Diagnostics", LogLevel.Warning);
+        // Request lines carry the ticket id, a secret (imageio issue #26): never log them. None, not
+        // Warning: hosting opens its RequestPath log scope only when this category is enabled at all.
+        logging.AddFilter("Microsoft.AspNetCore.Hosting.Diagnostics", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel.BadRequests", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel.Http2", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel", LogLevel.Warning);
     }
 
-    private static void Validate(ConfigurationManager config)
+    private static void Validate(ConfigurationManager config, IEnumerable<string> operationsErrors)
     {
-        var errors = new List<string>();
+        var errors = new List<string>(operationsErrors);
         var tls = config.GetSection(TlsOptions.Section).Get<TlsOptions>() ?? new();
         var remote = config.GetSection(RemoteOptions.Section).Get<RemoteOptions>() ?? new();
         var backend = config.GetSection(BackendOptions.Section).Get<BackendOptions>() ?? new();

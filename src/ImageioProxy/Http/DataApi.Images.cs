@@ -1,5 +1,6 @@
 using System.Text.Json;
 using ImageioProxy.DataPath;
+using ImageioProxy.Observability;
 using ImageioProxy.Tickets;
 using Microsoft.AspNetCore.Http.Features;
 
@@ -136,7 +137,7 @@ public sealed partial class DataApi
             return;
         }
         LogRead(ticket.Spec.TransferId, offset, size);
-        await RunOperationAsync(request, ticket, offset, (operation, ct) =>
+        await RunOperationAsync(request, ticket, offset, DataOperationKind.Read, (operation, ct) =>
             Transfers.DownloadAsync(response.Body, pool, offset, size, _backend.ChunkSize, _backend.ReadAhead, Budgets(ticket), operation, ct));
     }
 
@@ -179,7 +180,7 @@ public sealed partial class DataApi
         }
 
         LogWrite(ticket.Spec.TransferId, offset, length ?? -1, flush);
-        await RunOperationAsync(request, ticket, offset, async (operation, ct) =>
+        await RunOperationAsync(request, ticket, offset, DataOperationKind.Write, async (operation, ct) =>
         {
             try
             {
@@ -197,7 +198,7 @@ public sealed partial class DataApi
             http.Items[BodyReadKey] = true;
             if (flush)
             {
-                await Transfers.FlushAsync(pool, ct);
+                await FlushAsync(request, pool, ct);
             }
         });
     }
@@ -231,12 +232,12 @@ public sealed partial class DataApi
                 throw HttpErrorException.RangeNotSatisfiable($"Requested more bytes than available: {offset + size} > {limit}", limit);
             }
             LogZero(ticket.Spec.TransferId, offset, size, flush);
-            await RunOperationAsync(request, ticket, offset, async (operation, ct) =>
+            await RunOperationAsync(request, ticket, offset, DataOperationKind.Zero, async (operation, ct) =>
             {
                 await Transfers.ZeroAsync(pool, offset, size, ticket.Spec.Sparse, _backend.ZeroStep, _backend.ChunkSize, operation, ct);
                 if (flush)
                 {
-                    await Transfers.FlushAsync(pool, ct);
+                    await FlushAsync(request, pool, ct);
                 }
             });
         }
@@ -244,7 +245,7 @@ public sealed partial class DataApi
         {
             var (ticket, pool) = await OpenAsync(request, ticketId, TicketOp.Write);
             LogFlush(ticket.Spec.TransferId);
-            await RunOperationAsync(request, ticket, 0, (_, ct) => Transfers.FlushAsync(pool, ct));
+            await RunOperationAsync(request, ticket, 0, DataOperationKind.Flush, (_, ct) => Transfers.FlushAsync(pool, ct));
         }
     }
 

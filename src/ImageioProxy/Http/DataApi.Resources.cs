@@ -1,5 +1,6 @@
 using System.Globalization;
 using ImageioProxy.Checksums;
+using ImageioProxy.Observability;
 using ImageioProxy.Tickets;
 using NbdClient;
 
@@ -44,7 +45,7 @@ public sealed partial class DataApi
         }
 
         List<ZeroExtent> extents = [];
-        await RunOperationAsync(request, ticket, start, async (_, ct) =>
+        await RunOperationAsync(request, ticket, start, DataOperationKind.Extents, async (_, ct) =>
         {
             var allocation = await ContextExtentsAsync(pool, NbdMetaContexts.BaseAllocation, start, length, ct);
             var second = await ContextExtentsAsync(pool, dirtyContext ?? NbdMetaContexts.AllocationDepth, start, length, ct);
@@ -166,7 +167,7 @@ public sealed partial class DataApi
         var (ticket, pool) = await OpenAsync(request, ticketId, TicketOp.Read);
         var size = Math.Min(ticket.Spec.Size, pool.Export.Size);
         var checksum = "";
-        await RunOperationAsync(request, ticket, 0, async (_, ct) =>
+        await RunOperationAsync(request, ticket, 0, DataOperationKind.Checksum, async (_, ct) =>
         {
             checksum = await BlockHash.ComputeAsync(new PoolChecksumSource(pool), size, algorithm, blockSize, ct);
         });

@@ -5,6 +5,7 @@ using ImageioProxy.Checksums;
 using ImageioProxy.Configuration;
 using ImageioProxy.DataPath;
 using ImageioProxy.Hosting;
+using ImageioProxy.Observability;
 using ImageioProxy.Tickets;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Options;
@@ -28,10 +29,12 @@ public sealed partial class DataApi
     private readonly DaemonOptions _daemon;
     private readonly BackendOptions _backend;
     private readonly ILogger<DataApi> _logger;
+    private readonly ProxyMetrics _metrics;
 
     public DataApi(TicketStore tickets, ConnectionTracker connections, IOptions<LocalOptions> local,
-        IOptions<DaemonOptions> daemon, IOptions<BackendOptions> backend, ILogger<DataApi> logger)
+        IOptions<DaemonOptions> daemon, IOptions<BackendOptions> backend, ILogger<DataApi> logger, ProxyMetrics metrics)
     {
+        _metrics = metrics;
         _tickets = tickets;
         _connections = connections;
         _local = local.Value;
@@ -166,14 +169,19 @@ public sealed partial class DataApi
     }
 
     /// <summary>Runs a data operation of the ticket, mapping cancellation by ticket removal to imageio's
-    /// 403 "Transfer ... was canceled" (imageio-api.md §5.5).</summary>
-    private static async Task RunOperationAsync(DataRequest request, Ticket ticket, long offset, Func<TicketOperation, CancellationToken, Task> run)
+    /// 403 "Transfer ... was canceled" (imageio-api.md §5.5). Records the operation in the metrics and
+    /// in the connection's CLOSE line.</summary>
+    private async Task RunOperationAsync(DataRequest request, Ticket ticket, long offset, DataOperationKind kind,
+        Func<TicketOperation, CancellationToken, Task> run)
     {
         using var cancellation = CancellationTokenSource.CreateLinkedTokenSource(request.Http.RequestAborted, ticket.Canceled);
         var operation = ticket.BeginOperation(offset);
+        var started = _metrics.Start();
+        var succeeded = false;
         try
         {
             await run(operation, cancellation.Token);
+            succeeded = true;
         }
         catch (Exception) when (ticket.IsCanceled && !request.Http.RequestAborted.IsCancellationRequested)
         {
@@ -182,10 +190,27 @@ public sealed partial class DataApi
         finally
         {
             operation.Dispose();
+            _metrics.RecordOperation(request.Connection, kind, operation.Done, started, succeeded);
         }
         if (ticket.IsCanceled)
         {
             throw ticket.CanceledError();
+        }
+    }
+
+    /// <summary>The flush of PUT ?flush=y and PATCH zero "flush": timed as an operation of its own.</summary>
+    private async Task FlushAsync(DataRequest request, NbdClient.NbdPool pool, CancellationToken cancellationToken)
+    {
+        var started = _metrics.Start();
+        var succeeded = false;
+        try
+        {
+            await Transfers.FlushAsync(pool, cancellationToken);
+            succeeded = true;
+        }
+        finally
+        {
+            _metrics.RecordOperation(request.Connection, DataOperationKind.Flush, 0, started, succeeded);
         }
     }
 

@@ -186,6 +186,16 @@ public sealed class Ticket
         return await pool.WaitAsync(cancellationToken);
     }
 
+    /// <summary>The pool if it is open (connected), else null; for gauges and health checks.</summary>
+    public NbdPool? OpenPool
+    {
+        get
+        {
+            var pool = Volatile.Read(ref _pool);
+            return pool is { IsCompletedSuccessfully: true } ? pool.Result : null;
+        }
+    }
+
     /// <summary>Detaches the pool when nothing uses the ticket and it has been idle for
     /// <paramref name="idleLimit"/>; the caller flushes and closes it.</summary>
     internal Task<NbdPool>? DetachPoolIfIdle(TimeSpan idleLimit)

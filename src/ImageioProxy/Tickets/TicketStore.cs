@@ -72,6 +72,9 @@ public sealed partial class TicketStore : IAsyncDisposable
 
     public Ticket? Find(string ticketId) => _tickets.GetValueOrDefault(ticketId);
 
+    /// <summary>The installed tickets, for gauges.</summary>
+    public IEnumerable<Ticket> All => _tickets.Values;
+
     /// <summary>imageio's Authorizer.authorize: exists, not canceled, not expired, may do op; else 403.
     /// The ticket id is not echoed in the error: it is a secret and clients log error bodies.</summary>
     public Ticket Authorize(string ticketId, TicketOp op)
