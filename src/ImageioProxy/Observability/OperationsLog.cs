@@ -13,9 +13,9 @@ internal static partial class OperationsLog
         long extentsOps, long checksumOps, double throughputMiBps);
 
     [LoggerMessage(EventId = 6002, Level = LogLevel.Debug,
-        Message = "{Method} {Path} {Protocol} -> {StatusCode} in {ElapsedMilliseconds:0.0} ms client={Client} connection={ConnectionId}")]
+        Message = "{Method} {Path} {Protocol} -> {StatusCode} in {ElapsedMilliseconds:0.0} ms client={Client} scheme={Scheme} connection={ConnectionId}")]
     public static partial void RequestFinished(this ILogger logger, string method, string path, string protocol, int statusCode,
-        double elapsedMilliseconds, string client, string connectionId);
+        double elapsedMilliseconds, string client, string scheme, string connectionId);
 
     [LoggerMessage(EventId = 6003, Level = LogLevel.Information, Message = "Monitoring (/metrics, /health/live, /health/ready) on {Address}")]
     public static partial void MonitoringListening(this ILogger logger, string address);

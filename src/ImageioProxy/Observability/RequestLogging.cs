@@ -25,7 +25,7 @@ public sealed class RequestLogging(RequestDelegate next, ConnectionTracker conne
                 var request = http.Request;
                 logger.RequestFinished(request.Method, TicketIdRedaction.Redact(request.Path.Value + request.QueryString.Value), request.Protocol,
                     http.Response.StatusCode, time.GetElapsedTime(started).TotalMilliseconds,
-                    http.Connection.RemoteIpAddress?.ToString() ?? "unix", http.Connection.Id);
+                    http.Connection.RemoteIpAddress?.ToString() ?? "unix", request.Scheme, http.Connection.Id);
             }
         }
     }

@@ -95,10 +95,16 @@ public class ProxyFixture : IAsyncLifetime
             {
                 services.AddSingleton(_time);
             }
+            ConfigureServices(services);
         });
         await Server.StartAsync();
         Data = new HttpClient { BaseAddress = RemoteUri };
         Control = UnixClient(ControlSocket);
+    }
+
+    /// <summary>Adds or replaces services of the proxy (log capture, telemetry exporters) in subclasses.</summary>
+    protected virtual void ConfigureServices(IServiceCollection services)
+    {
     }
 
     public async Task DisposeAsync()
