@@ -65,4 +65,7 @@ public sealed record NbdPoolOptions
 
     /// <summary>First back-off delay between reconnect attempts (exponential, with jitter).</summary>
     public TimeSpan ReconnectDelay { get; init; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>Cap on the back-off delay between reconnect attempts.</summary>
+    public TimeSpan ReconnectMaxDelay { get; init; } = TimeSpan.FromSeconds(5);
 }

@@ -293,11 +293,12 @@ public sealed partial class NbdConnection
         }
         if (error is null && request.IsWriteLike)
             Interlocked.Increment(ref _writesAcknowledged);
+        // Stop accepting requests before the caller learns of the ESHUTDOWN.
+        if (error is NbdCommandException { Error: NbdErrorCode.ESHUTDOWN })
+            OnServerShutdown();
         Release(request, error, sent: true);
         RecordMetrics(request);
         request.Finish(error);
-        if (error is NbdCommandException { Error: NbdErrorCode.ESHUTDOWN })
-            OnServerShutdown();
     }
 
     private void RecordMetrics(NbdRequest request)

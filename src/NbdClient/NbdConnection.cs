@@ -177,7 +177,8 @@ public sealed partial class NbdConnection : IAsyncDisposable
     /// <summary>Reads with command flags (only <see cref="NbdCommandFlags.DontFragment"/> is valid).</summary>
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, NbdCommandFlags flags, CancellationToken cancellationToken = default)
     {
-        CheckRequest(NbdCommand.Read, flags, offset, buffer.Length);
+        if (Validate(NbdCommand.Read, flags, offset, buffer.Length) is { } refused)
+            return ValueTask.FromException(refused);
         if (buffer.Length == 0)
             return default; // length 0 is undefined in the spec (nbdkit fails it): never send it
         var max = _export.MaximumPayload;
@@ -189,13 +190,14 @@ public sealed partial class NbdConnection : IAsyncDisposable
             var part = buffer.Slice(at, Math.Min(max, buffer.Length - at));
             parts.Add(SubmitAsync(new NbdRequest(NbdCommand.Read, flags, offset + at, (uint)part.Length) { Destination = part }, cancellationToken));
         }
-        return new ValueTask(WhenAllAsync(parts));
+        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
     }
 
     /// <summary>Writes data at offset (split above the maximum payload). Completes when the server acknowledged every part.</summary>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
     {
-        CheckRequest(NbdCommand.Write, flags, offset, data.Length);
+        if (Validate(NbdCommand.Write, flags, offset, data.Length) is { } refused)
+            return ValueTask.FromException(refused);
         if (data.Length == 0)
             return default;
         var max = _export.MaximumPayload;
@@ -207,7 +209,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
             var part = data.Slice(at, Math.Min(max, data.Length - at));
             parts.Add(SubmitAsync(new NbdRequest(NbdCommand.Write, flags, offset + at, (uint)part.Length) { Payload = part }, cancellationToken));
         }
-        return new ValueTask(WhenAllAsync(parts));
+        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
     }
 
     public ValueTask WriteZeroesAsync(long offset, long length, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
@@ -225,7 +227,8 @@ public sealed partial class NbdConnection : IAsyncDisposable
 
     private ValueTask PayloadlessAsync(NbdCommand command, NbdCommandFlags flags, long offset, long length, CancellationToken cancellationToken)
     {
-        CheckRequest(command, flags, offset, length);
+        if (Validate(command, flags, offset, length) is { } refused)
+            return ValueTask.FromException(refused);
         if (length == 0)
             return default;
         var max = MaxEffectLength - (MaxEffectLength % _export.MinimumBlockSize);
@@ -234,7 +237,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
         var parts = new List<Task>();
         for (var at = 0L; at < length; at += max)
             parts.Add(SubmitAsync(new NbdRequest(command, flags, offset + at, (uint)Math.Min(max, length - at)), cancellationToken));
-        return new ValueTask(WhenAllAsync(parts));
+        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
     }
 
     /// <summary>NBD_CMD_FLUSH on this connection: every write acknowledged before it is on stable storage.</summary>
@@ -276,7 +279,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
             }
             // nbdcopy: "NBD server is broken: it is not returning extent information".
             if (progress == 0)
-                throw new NbdException($"the NBD server returned no extents for '{context}' at offset {at}");
+                throw new NbdCommandException(NbdCommand.BlockStatus, at, Math.Min(step, end - at), NbdErrorCode.EIO, $"the server returned no extents for '{context}'");
             at += progress;
         }
         return result;
@@ -287,25 +290,14 @@ public sealed partial class NbdConnection : IAsyncDisposable
     public ValueTask DrainWritesAsync(CancellationToken cancellationToken = default)
         => new(_writes.WaitForOutstandingAsync(cancellationToken));
 
-    private static async Task WhenAllAsync(List<Task> parts)
+    private void CheckRequest(NbdCommand command, NbdCommandFlags flags, long offset, long length)
     {
-        try
-        {
-            await Task.WhenAll(parts).ConfigureAwait(false);
-        }
-        catch
-        {
-            // Report the first failure in offset order, not an AggregateException.
-            foreach (var part in parts)
-            {
-                if (part.IsFaulted)
-                    await part.ConfigureAwait(false);
-            }
-            throw;
-        }
+        if (Validate(command, flags, offset, length) is { } refused)
+            throw refused;
     }
 
-    private void CheckRequest(NbdCommand command, NbdCommandFlags flags, long offset, long length)
+    /// <summary>What the export's flags and size forbid, refused before anything is sent.</summary>
+    private NbdRequestRefusedException? Validate(NbdCommand command, NbdCommandFlags flags, long offset, long length)
     {
         var export = _export;
         var allowed = command switch
@@ -317,7 +309,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
             _ => NbdCommandFlags.None,
         };
         if ((flags & ~allowed) != 0)
-            throw new NbdRequestRefusedException($"flags {flags & ~allowed} are not allowed for {command} on this export (flags 0x{(ushort)export.Flags:x4})");
+            return new NbdRequestRefusedException($"flags {flags & ~allowed} are not allowed for {command} on this export (flags 0x{(ushort)export.Flags:x4})");
         var refused = command switch
         {
             NbdCommand.Write or NbdCommand.WriteZeroes or NbdCommand.Trim when export.IsReadOnly => "the export is read-only",
@@ -329,13 +321,14 @@ public sealed partial class NbdConnection : IAsyncDisposable
             _ => null,
         };
         if (refused is not null)
-            throw new NbdRequestRefusedException($"{command} refused: {refused}");
+            return new NbdRequestRefusedException($"{command} refused: {refused}");
         // Overflow-safe: offset + length <= size  ⇔  offset <= size - length.
         if (offset < 0 || length < 0 || length > export.Size || offset > export.Size - length)
-            throw new NbdRequestRefusedException($"{command} offset={offset} length={length} is outside the export (size {export.Size})");
+            return new NbdRequestRefusedException($"{command} offset={offset} length={length} is outside the export (size {export.Size})");
         var min = export.MinimumBlockSize;
         if (min > 1 && (offset % min != 0 || (length % min != 0 && offset + length != export.Size)))
-            throw new NbdRequestRefusedException($"{command} offset={offset} length={length} is not aligned to the server's minimum block size {min}");
+            return new NbdRequestRefusedException($"{command} offset={offset} length={length} is not aligned to the server's minimum block size {min}");
+        return null;
     }
 
     private NbdConnectionException ClosedError() =>

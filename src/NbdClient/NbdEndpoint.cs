@@ -9,12 +9,5 @@ namespace NbdClient;
 /// <param name="TlsHostname">Name to verify in the server certificate (URI host, or tls-hostname=).</param>
 public sealed partial record NbdEndpoint(EndPoint Address, string ExportName, bool RequireTls = false, string? TlsHostname = null)
 {
-    /// <summary>Display form without secrets, for logs and errors.</summary>
-    public override string ToString() => Address switch
-    {
-        System.Net.Sockets.UnixDomainSocketEndPoint u => $"{(RequireTls ? "nbds" : "nbd")}+unix:///{ExportName}?socket={u}",
-        DnsEndPoint d => $"{(RequireTls ? "nbds" : "nbd")}://{d.Host}:{d.Port}/{ExportName}",
-        IPEndPoint ip => $"{(RequireTls ? "nbds" : "nbd")}://{(ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{ip.Address}]" : ip.Address.ToString())}:{ip.Port}/{ExportName}",
-        _ => Address.ToString() ?? "?",
-    };
+    // Parse, TryParse and ToString: NbdEndpoint.Parse.cs.
 }

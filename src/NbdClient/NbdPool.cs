@@ -56,6 +56,7 @@ public sealed class NbdPool : IAsyncDisposable
             {
                 MaxRetryAttempts = options.ReconnectAttempts - 1,
                 Delay = options.ReconnectDelay,
+                MaxDelay = options.ReconnectMaxDelay,
                 BackoffType = DelayBackoffType.Exponential,
                 UseJitter = true,
                 ShouldHandle = new PredicateBuilder()
@@ -137,8 +138,7 @@ public sealed class NbdPool : IAsyncDisposable
         var max = Export.MaximumPayload;
         if (buffer.Length <= max)
         {
-            var connection = await GetConnectionAsync(cancellationToken).ConfigureAwait(false);
-            await connection.ReadAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
+            await ReadPartAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
             return;
         }
         var parts = new List<Task>();
@@ -148,7 +148,7 @@ public sealed class NbdPool : IAsyncDisposable
             var partOffset = offset + at;
             parts.Add(ReadPartAsync(partOffset, part, cancellationToken));
         }
-        await WhenAllInOrderAsync(parts).ConfigureAwait(false);
+        await Tasks.WhenAllInOrderAsync(parts).ConfigureAwait(false);
     }
 
     private async Task ReadPartAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
@@ -159,7 +159,8 @@ public sealed class NbdPool : IAsyncDisposable
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
     {
-        CheckRange(offset, data.Length);
+        if (RangeError(offset, data.Length) is { } refused)
+            return ValueTask.FromException(refused);
         var max = Export.MaximumPayload;
         if (data.Length <= max)
             return data.Length == 0 ? default : new ValueTask(WriteLikeAsync(NbdCommand.Write, flags, offset, data, data.Length, cancellationToken));
@@ -169,7 +170,7 @@ public sealed class NbdPool : IAsyncDisposable
             var part = data.Slice(at, Math.Min(max, data.Length - at));
             parts.Add(WriteLikeAsync(NbdCommand.Write, flags, offset + at, part, part.Length, cancellationToken));
         }
-        return new ValueTask(WhenAllInOrderAsync(parts));
+        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
     }
 
     public ValueTask WriteZeroesAsync(long offset, long length, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
@@ -189,7 +190,7 @@ public sealed class NbdPool : IAsyncDisposable
         var parts = new List<Task>();
         for (var at = 0L; at < length; at += step)
             parts.Add(WriteLikeAsync(command, flags, offset + at, default, Math.Min(step, length - at), cancellationToken));
-        await WhenAllInOrderAsync(parts).ConfigureAwait(false);
+        await Tasks.WhenAllInOrderAsync(parts).ConfigureAwait(false);
     }
 
     /// <summary>One write-like request: numbered for the flush barrier, ordered after overlapping
@@ -309,9 +310,17 @@ public sealed class NbdPool : IAsyncDisposable
 
     private void CheckRange(long offset, long length)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (RangeError(offset, length) is { } refused)
+            throw refused;
+    }
+
+    private Exception? RangeError(long offset, long length)
+    {
+        if (_disposed)
+            return new ObjectDisposedException(nameof(NbdPool));
         if (offset < 0 || length < 0 || length > Export.Size || offset > Export.Size - length)
-            throw new NbdRequestRefusedException($"offset={offset} length={length} is outside the export (size {Export.Size})");
+            return new NbdRequestRefusedException($"offset={offset} length={length} is outside the export (size {Export.Size})");
+        return null;
     }
 
     /// <summary>Removes dead connections; remembers when one died holding unflushed writes. Call under _lock.</summary>
@@ -390,23 +399,6 @@ public sealed class NbdPool : IAsyncDisposable
         {
             lock (_lock)
                 _reconnecting = null;
-        }
-    }
-
-    private static async Task WhenAllInOrderAsync(List<Task> parts)
-    {
-        try
-        {
-            await Task.WhenAll(parts).ConfigureAwait(false);
-        }
-        catch
-        {
-            foreach (var part in parts)
-            {
-                if (part.IsFaulted)
-                    await part.ConfigureAwait(false);
-            }
-            throw;
         }
     }
 

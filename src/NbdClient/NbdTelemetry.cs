@@ -37,16 +37,16 @@ public static class NbdTelemetry
     internal const string CommandTag = "nbd.command";
     internal const string ReasonTag = "nbd.failure.reason";
 
-    internal static string CommandName(Protocol.NbdCommand command) => command switch
+    internal static string CommandName(NbdCommand command) => command switch
     {
-        Protocol.NbdCommand.Read => "read",
-        Protocol.NbdCommand.Write => "write",
-        Protocol.NbdCommand.Flush => "flush",
-        Protocol.NbdCommand.Trim => "trim",
-        Protocol.NbdCommand.Cache => "cache",
-        Protocol.NbdCommand.WriteZeroes => "write_zeroes",
-        Protocol.NbdCommand.BlockStatus => "block_status",
-        Protocol.NbdCommand.Disconnect => "disconnect",
+        NbdCommand.Read => "read",
+        NbdCommand.Write => "write",
+        NbdCommand.Flush => "flush",
+        NbdCommand.Trim => "trim",
+        NbdCommand.Cache => "cache",
+        NbdCommand.WriteZeroes => "write_zeroes",
+        NbdCommand.BlockStatus => "block_status",
+        NbdCommand.Disconnect => "disconnect",
         _ => "other",
     };
 }

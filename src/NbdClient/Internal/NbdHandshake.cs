@@ -79,7 +79,7 @@ internal sealed class NbdHandshake
             if (reply.Type == NbdOptionReplyType.Ack)
                 structured = true;
             else
-                ThrowIfFatal(reply, "STRUCTURED_REPLY", null);
+                await ThrowIfFatalAsync(reply, "STRUCTURED_REPLY").ConfigureAwait(false);
         }
 
         var contexts = new Dictionary<string, uint>(StringComparer.Ordinal);
@@ -204,7 +204,7 @@ internal sealed class NbdHandshake
                 if (reply.IsError)
                 {
                     // Block status is optional: carry on without contexts, unless the server is going away.
-                    ThrowIfFatal(reply, option.ToString(), null);
+                    await ThrowIfFatalAsync(reply, option.ToString()).ConfigureAwait(false);
                     contexts.Clear();
                     return;
                 }
@@ -399,12 +399,16 @@ internal sealed class NbdHandshake
         }
     }
 
-    private void ThrowIfFatal(NbdWire.OptionReplyHeader reply, string option, string? _)
+    /// <summary>ERR_TLS_REQD / ERR_SHUTDOWN to an optional option end the negotiation: soft-disconnect
+    /// with NBD_OPT_ABORT first (the spec says MUST for ERR_SHUTDOWN; libnbd does it for both).</summary>
+    private async Task ThrowIfFatalAsync(NbdWire.OptionReplyHeader reply, string option)
     {
+        if (reply.Type is not (NbdOptionReplyType.ErrTlsRequired or NbdOptionReplyType.ErrShutdown))
+            return;
+        await AbortAsync().ConfigureAwait(false);
         if (reply.Type == NbdOptionReplyType.ErrTlsRequired)
             throw TlsRequired(_lastErrorMessage);
-        if (reply.Type == NbdOptionReplyType.ErrShutdown)
-            throw new NbdConnectionException(NbdConnectionFailure.ServerShutdown, NbdPhase.Handshake, $"the server is shutting down (reply to {option}){Suffix(_lastErrorMessage)}");
+        throw new NbdConnectionException(NbdConnectionFailure.ServerShutdown, NbdPhase.Handshake, $"the server is shutting down (reply to {option}){Suffix(_lastErrorMessage)}");
     }
 
     private static NbdConnectionException TlsRequired(string? message) =>

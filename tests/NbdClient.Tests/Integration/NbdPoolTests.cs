@@ -1,0 +1,150 @@
+using System.Text.RegularExpressions;
+using TestSupport;
+
+namespace NbdClient.Tests.Integration;
+
+public partial class NbdPoolTests
+{
+    private const long Size = 64L << 20;
+
+    [Theory]
+    [InlineData(8, 4)]
+    [InlineData(1, 1)]
+    public async Task OpensMoreConnections_OnlyWithMultiConn(int shared, int expectedConnections)
+    {
+        using var dir = TempDirectory.Create();
+        var image = dir.Combine("disk.raw");
+        await QemuImg.CreateAsync(image, "raw", Size);
+        await using var server = await QemuNbdServer.StartAsync(image, new QemuNbdOptions { Shared = shared });
+        await using var pool = await NbdPool.ConnectAsync(Endpoints.Of(server), new NbdPoolOptions { MaxConnections = 4 });
+        pool.ConnectionCount.Should().Be(expectedConnections);
+    }
+
+    [Fact]
+    public async Task ParallelUpload_ThenFlush_IsExactlyTheSource()
+    {
+        using var dir = TempDirectory.Create();
+        var source = await QemuImg.WriteRandomImageAsync(dir.Combine("source.raw"), Size, seed: 5);
+        var image = dir.Combine("disk.qcow2");
+        await QemuImg.CreateAsync(image, "qcow2", Size);
+        await using (var server = await QemuNbdServer.StartAsync(image, new QemuNbdOptions { Format = "qcow2" }))
+        await using (var pool = await NbdPool.ConnectAsync(Endpoints.Of(server)))
+        {
+            var bytes = await File.ReadAllBytesAsync(source.Path);
+            var chunk = 1 << 20;
+            var writes = new List<Task>();
+            for (var offset = 0; offset < bytes.Length; offset += chunk)
+            {
+                var part = bytes.AsMemory(offset, chunk);
+                writes.Add(part.Span.IndexOfAnyExcept((byte)0) < 0
+                    ? pool.WriteZeroesAsync(offset, chunk).AsTask()
+                    : pool.WriteAsync(offset, part).AsTask());
+            }
+            await Task.WhenAll(writes).WaitAsync(Endpoints.Bound);
+            await pool.FlushAsync();
+            var back = new byte[bytes.Length];
+            await pool.ReadAsync(0, back); // above the maximum payload: split across connections
+            back.AsSpan().SequenceEqual(bytes).Should().BeTrue();
+        }
+        var compare = await QemuImg.CompareAsync(source.Path, image, "raw", "qcow2");
+        compare.Identical.Should().BeTrue(compare.Output);
+    }
+
+    [Fact]
+    public async Task OverlappingWrites_TakeEffectInSubmissionOrder()
+    {
+        using var dir = TempDirectory.Create();
+        var image = dir.Combine("disk.raw");
+        await QemuImg.CreateAsync(image, "raw", Size);
+        await using var server = await QemuNbdServer.StartAsync(image);
+        await using var pool = await NbdPool.ConnectAsync(Endpoints.Of(server));
+        pool.ConnectionCount.Should().BeGreaterThan(1, "the test needs writes spread over connections");
+
+        // Many writes to the same range, each shifted a little, submitted without waiting.
+        var writes = new List<Task>();
+        byte[] last = [];
+        for (var i = 0; i < 64; i++)
+        {
+            last = Endpoints.RandomBytes(1 << 20, 1000 + i);
+            writes.Add(pool.WriteAsync((i % 4) * 4096, last).AsTask());
+        }
+        await Task.WhenAll(writes).WaitAsync(Endpoints.Bound);
+        var back = new byte[1 << 20];
+        await pool.ReadAsync(3 * 4096, back);
+        back.Should().Equal(last, "the last submitted write wins");
+    }
+
+    [GeneratedRegex(@"connection=(\d+) (\.\.\.)?(Write|Zero|Trim|Flush) id=(\d+)")]
+    private static partial Regex LogLine();
+
+    private sealed record LogEvent(int Line, int Connection, string Op, bool Return);
+
+    private static List<LogEvent> ParseLog(IReadOnlyList<string> lines) =>
+        [.. lines.Select((text, index) => (text, index))
+            .Select(l => (l.index, match: LogLine().Match(l.text)))
+            .Where(l => l.match.Success)
+            .Select(l => new LogEvent(l.index, int.Parse(l.match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), l.match.Groups[3].Value, l.match.Groups[2].Success))];
+
+    [Theory]
+    [InlineData("auto", 4, 1)]
+    [InlineData("disable", 1, 1)]
+    public async Task Flush_WaitsForEveryWrite_ThenFlushesOnceOrEveryDirtyConnection(string multiConnMode, int connections, int flushes)
+    {
+        using var dir = TempDirectory.Create();
+        var file = dir.Combine("disk.raw");
+        await QemuImg.CreateAsync(file, "raw", Size);
+        await using var server = await NbdkitServer.StartAsync(["file", file, $"multi-conn-mode={multiConnMode}", "delay-write=20ms"],
+            new NbdkitOptions { Filters = ["multi-conn", "log", "delay"] }); // slow writes: the barrier really has to wait
+        await using var pool = await NbdPool.ConnectAsync(Endpoints.Of(server), new NbdPoolOptions { MaxConnections = 4 });
+        pool.ConnectionCount.Should().Be(connections);
+
+        var writes = Enumerable.Range(0, 32).Select(i => pool.WriteAsync(i * (1L << 20), Endpoints.RandomBytes(1 << 20, i)).AsTask()).ToList();
+        await pool.FlushAsync().AsTask().WaitAsync(Endpoints.Bound);
+        writes.Should().OnlyContain(w => w.IsCompletedSuccessfully, "the barrier waits for every write submitted before the flush");
+
+        var events = ParseLog(await server.ReadLogLinesAsync());
+        var flushStarts = events.Where(e => e.Op == "Flush" && !e.Return).ToList();
+        flushStarts.Should().HaveCount(flushes);
+        var lastWriteReturn = events.Where(e => e.Op == "Write" && e.Return).Max(e => e.Line);
+        flushStarts.Should().OnlyContain(f => f.Line > lastWriteReturn, "NBD_CMD_FLUSH goes out only after every covered write was acknowledged");
+        events.Where(e => e.Op == "Write" && !e.Return).Select(e => e.Connection).Distinct().Should().HaveCount(connections);
+    }
+
+    [Fact]
+    public async Task DeadConnections_AreReplacedOnNextUse_AndLostUnflushedWritesFailTheNextFlush()
+    {
+        using var dir = TempDirectory.Create();
+        var image = dir.Combine("disk.raw");
+        await QemuImg.CreateAsync(image, "raw", Size);
+        var server = await QemuNbdServer.StartAsync(image, new QemuNbdOptions { Cache = "writeback" });
+        var socket = server.SocketPath;
+        await using var pool = await NbdPool.ConnectAsync(Endpoints.Of(server), new NbdPoolOptions { ReconnectAttempts = 3, ReconnectDelay = TimeSpan.FromMilliseconds(50) });
+        await pool.WriteAsync(0, Endpoints.RandomBytes(1 << 20, 21)); // acknowledged, not flushed
+
+        server.Kill();
+        await server.Process.WaitForExitAsync(Endpoints.Bound);
+        await FluentActions.Awaiting(() => pool.ReadAsync(0, new byte[4096]).AsTask().WaitAsync(Endpoints.Bound)).Should().ThrowAsync<NbdException>();
+
+        // Restart the server on the same socket; the pool reconnects by itself.
+        File.Delete(socket);
+        await using var restarted = await ExternalProcessStart(image, socket);
+        var data = Endpoints.RandomBytes(1 << 20, 22);
+        await pool.WriteAsync(2 << 20, data).AsTask().WaitAsync(Endpoints.Bound);
+        var flush = await FluentActions.Awaiting(() => pool.FlushAsync().AsTask().WaitAsync(Endpoints.Bound)).Should().ThrowAsync<NbdException>();
+        flush.Which.Message.Should().Contain("unflushed");
+        await pool.FlushAsync(); // reported once; the client resends and flushes again
+        var back = new byte[data.Length];
+        await pool.ReadAsync(2 << 20, back);
+        back.Should().Equal(data);
+        pool.ConnectionCount.Should().BeGreaterThan(0);
+        await server.DisposeAsync();
+    }
+
+    private static async Task<ExternalProcess> ExternalProcessStart(string image, string socket)
+    {
+        var process = ExternalProcess.Start("qemu-nbd", ["-f", "raw", "--persistent", "--shared=8", "--cache=writeback", "-k", socket, image],
+            new ExternalProcessOptions { Environment = QemuNbdServer.DefaultEnvironment });
+        await process.WaitForUnixSocketAsync(socket, Endpoints.Bound);
+        return process;
+    }
+}
