@@ -49,7 +49,6 @@ public sealed class MonitoringServer : IHostedService, IAsyncDisposable
         builder.Services.AddSingleton(_data.GetRequiredService<ILoggerFactory>());
         builder.Services.AddSingleton(_data.GetRequiredService<ServiceReadiness>());
         builder.Services.AddSingleton(_data.GetRequiredService<Tickets.TicketStore>());
-        builder.Services.AddSingleton(_data.GetRequiredService<TimeProvider>());
         builder.Services.AddSingleton(_data.GetRequiredService<IOptions<DaemonOptions>>());
         builder.Services.AddSingleton(_data.GetRequiredService<IOptions<MonitoringOptions>>());
         builder.Services.AddHealthChecks()

@@ -20,7 +20,7 @@ public sealed class ServingHealthCheck(ServiceReadiness readiness) : IHealthChec
 /// answers an NBD handshake: a sidecar that is not up yet must keep traffic away. Skipped when the
 /// ticket's pool already holds connections. Other tickets come and go with the engine and are not probed.</summary>
 public sealed class StartupTicketBackendHealthCheck(
-    IOptions<DaemonOptions> daemon, IOptions<MonitoringOptions> monitoring, TicketStore tickets, TimeProvider time,
+    IOptions<DaemonOptions> daemon, IOptions<MonitoringOptions> monitoring, TicketStore tickets,
     ILogger<StartupTicketBackendHealthCheck> logger) : IHealthCheck
 {
     public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
@@ -51,7 +51,7 @@ public sealed class StartupTicketBackendHealthCheck(
         timeout.CancelAfter(TimeSpan.FromSeconds(Math.Max(1, monitoring.Value.ReadyTimeout)));
         try
         {
-            var options = new NbdClientOptions { TimeProvider = time };
+            var options = new NbdClientOptions();
             await using var connection = await NbdConnection.ConnectAsync(spec.Endpoint, options, timeout.Token);
             return HealthCheckResult.Healthy("backend answers");
         }

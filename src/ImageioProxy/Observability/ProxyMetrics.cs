@@ -28,7 +28,7 @@ public sealed class ProxyMetrics
     private readonly Histogram<double> _flushDuration;
     private readonly Counter<long> _operationFailures;
 
-    public ProxyMetrics(IMeterFactory meterFactory, TimeProvider time, TicketStore tickets)
+    public ProxyMetrics(IMeterFactory meterFactory, [FromKeyedServices(ProxyServer.ClockKey)] TimeProvider time, TicketStore tickets)
     {
         _time = time;
         var meter = meterFactory.Create(MeterName);

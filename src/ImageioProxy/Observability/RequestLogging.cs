@@ -6,7 +6,8 @@ namespace ImageioProxy.Observability;
 /// the ticket id redacted; ASP.NET Core's own request logging and its RequestPath log scope are off
 /// because they carry the id (ProxyServer.ConfigureLogging). Also counts requests per connection for
 /// the CLOSE line and notes the client address a trusted proxy forwarded.</summary>
-public sealed class RequestLogging(RequestDelegate next, ConnectionTracker connections, TimeProvider time, ILogger<RequestLogging> logger)
+public sealed class RequestLogging(RequestDelegate next, ConnectionTracker connections, [FromKeyedServices(ProxyServer.ClockKey)] TimeProvider time,
+    ILogger<RequestLogging> logger)
 {
     public async Task InvokeAsync(HttpContext http)
     {
