@@ -77,7 +77,13 @@ public static class OperationsSetup
         services.AddSingleton<MonitoringServer>();
         services.AddHostedService(sp => sp.GetRequiredService<MonitoringServer>());
 
-        if (SystemdHelpers.IsSystemdService() && string.IsNullOrEmpty(config["Logging:Console:FormatterName"]))
+        var formatter = config["Logging:Console:FormatterName"];
+        if (!string.IsNullOrEmpty(formatter))
+        {
+            // The slim builder fixes the simple formatter in code; honour the configured one (json, systemd).
+            builder.Logging.AddConsole(o => o.FormatterName = formatter);
+        }
+        else if (SystemdHelpers.IsSystemdService())
         {
             // journald: "<6>message" priority prefixes, no colours, one line per entry.
             builder.Logging.AddSystemdConsole(o => o.TimestampFormat = null);
