@@ -16,8 +16,8 @@ public class MonitoredProxyFixture : ProxyFixture
     {
     }
 
-    protected MonitoredProxyFixture(IReadOnlyDictionary<string, string?> extra)
-        : base("raw", settings: Merge(extra))
+    protected MonitoredProxyFixture(IReadOnlyDictionary<string, string?> extra, long imageSize = DefaultImageSize)
+        : base("raw", imageSize, Merge(extra))
     {
     }
 
