@@ -6,8 +6,9 @@
 # FILTER goes to `dotnet test --filter`, e.g. "FullyQualifiedName~NbdEndpoint".
 #
 # 1. Checks the system tools the integration tests run (qemu-img/qemu-nbd, nbdkit and its filters,
-#    nbdinfo/nbdcopy, socat, curl, openssl, nginx). If some are missing: as root, apt-get installs them;
+#    nbdinfo/nbdcopy, socat, curl, openssl, nginx, systemd-analyze, setpriv, node/npm). If some are missing: as root, apt-get installs them;
 #    otherwise prints the apt-get command to run and fails.
+#    npm ci of scripts/npm-tools into artifacts/npm-tools (Dockerfile linters, YAML parser).
 # 2. dotnet restore, dotnet build -c Release, dotnet test (no rebuild) with TRX files in
 #    $TEST_RESULTS_DIR and a per-test hang guard (--blame-hang-timeout).
 # 3. Sums the TRX counters. The last line is always "tests: N passed, N failed[, N skipped]".
@@ -51,7 +52,8 @@ finish() {
 
 # tool:package (Debian 12). nbdkit's filters and basic plugins ship in the nbdkit package itself.
 tools=(qemu-img:qemu-utils qemu-nbd:qemu-utils nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin
-       socat:socat curl:curl openssl:openssl nginx:nginx)
+       socat:socat curl:curl openssl:openssl nginx:nginx
+       systemd-analyze:systemd setpriv:util-linux node:nodejs npm:npm)
 nbdkit_filters=(error delay pause multi-conn nozero noextents blocksize-policy log exitlast exitwhen exportname)
 nbdkit_plugins=(memory file null eval)
 
@@ -130,6 +132,18 @@ fi
 # ---------------------------------------------------------------------------------------------------
 # 2. Build and test
 # ---------------------------------------------------------------------------------------------------
+
+# Linters for deploy/ (dockerfilelint, dockerfile-utils, js-yaml), pinned by scripts/npm-tools/package-lock.json.
+npm_tools=artifacts/npm-tools
+if [ ! -d "$npm_tools/node_modules" ] || ! cmp -s scripts/npm-tools/package-lock.json "$npm_tools/package-lock.json"; then
+  log "npm ci (scripts/npm-tools -> $npm_tools)"
+  rm -rf "$npm_tools" && mkdir -p "$npm_tools" && cp scripts/npm-tools/package.json scripts/npm-tools/package-lock.json "$npm_tools/"
+  if ! (cd "$npm_tools" && npm ci --no-audit --no-fund --loglevel=error); then
+    rm -rf "$npm_tools"
+    log "npm ci failed (the npm registry must be reachable)"
+    finish 0 0 0 1
+  fi
+fi
 
 log "dotnet restore"
 if ! dotnet restore "$solution" --nologo; then
