@@ -104,6 +104,13 @@ public class FlushBarrierProofTests(ProxyFixture fixture) : IClassFixture<ProxyF
             connections.Should().BeGreaterThan(1, "with multi-conn the pool spreads writes over several NBD connections");
         else
             connections.Should().Be(1, "without multi-conn the pool must use one NBD connection");
+        var violations = FlushBarrierChecker.Check(requests, writes, flushes, multiConn);
+        if (violations.Count > 0 && Environment.GetEnvironmentVariable("FLUSH_PROOF_DUMP") is { } dump)
+        {
+            File.Copy(nbdkit.LogFilePath!, dump + ".log", true);
+            await File.WriteAllLinesAsync(dump + ".http", writes.Select(w => $"W {w.Offset} {w.Length} {w.IsZero} {w.RequestSent:HH:mm:ss.ffffff} {w.ResponseReceived:HH:mm:ss.ffffff}")
+                .Concat(flushes.Select(f => $"F {f.RequestSent:HH:mm:ss.ffffff} {f.ResponseReceived:HH:mm:ss.ffffff}")).Concat(violations));
+        }
         FlushBarrierChecker.AssertHolds(requests, writes, flushes, multiConn);
     }
 }
