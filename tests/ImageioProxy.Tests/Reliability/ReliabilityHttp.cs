@@ -55,6 +55,13 @@ public sealed class ReliabilityHttp(HttpClient client, Uri baseUri)
         return document.RootElement.TryGetProperty("transferred", out var value) ? value.GetInt64() : 0;
     }
 
+    /// <summary>"active" of GET /tickets/{id}: an operation is running.</summary>
+    public static async Task<bool> ActiveAsync(HttpClient control, string ticketId)
+    {
+        using var document = JsonDocument.Parse(await control.GetStringAsync($"/tickets/{ticketId}").WaitAsync(Bound));
+        return document.RootElement.GetProperty("active").GetBoolean();
+    }
+
     public static byte[] RandomBytes(int length, int seed)
     {
         var bytes = new byte[length];
