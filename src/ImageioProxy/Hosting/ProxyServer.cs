@@ -89,8 +89,11 @@ public sealed partial class ProxyServer : IAsyncDisposable
             kestrel.AddServerHeader = false;
             // Bodies are bounded by the ticket's range, not by a global size (ecosystem.md §1.6).
             kestrel.Limits.MaxRequestBodySize = null;
-            // Inactivity is enforced per ticket by ConnectionTracker (imageio-api.md §2).
-            kestrel.Limits.KeepAliveTimeout = Timeout.InfiniteTimeSpan;
+            // Inactivity is enforced per ticket by ConnectionTracker (imageio-api.md §2), so Kestrel's own
+            // limit must never fire first. Not InfiniteTimeSpan: Kestrel adds its -1 tick to the clock, and
+            // idle keep-alive connections were closed within a second (clients then saw their next request
+            // fail with "response ended prematurely"; LoadTests and KeepAliveTests caught it).
+            kestrel.Limits.KeepAliveTimeout = TimeSpan.FromDays(365);
             ConnectionDelegate Track(ConnectionDelegate next) => kestrel.ApplicationServices.GetRequiredService<ConnectionTracker>().Middleware(next);
             if (remote.Enable)
             {
