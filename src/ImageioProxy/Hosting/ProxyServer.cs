@@ -19,6 +19,10 @@ namespace ImageioProxy.Hosting;
 /// that control routes can never be reached from a data listener; they share the ticket store.</summary>
 public sealed partial class ProxyServer : IAsyncDisposable
 {
+    /// <summary>Service key of the TimeProvider used for ticket expiry and inactivity. It is keyed so that
+    /// a test clock never reaches Kestrel, which also takes TimeProvider from the container.</summary>
+    public const string ClockKey = "ImageioProxy.Clock";
+
     private readonly WebApplication _data;
     private readonly WebApplication? _control;
     private readonly ILogger<ProxyServer> _logger;
@@ -51,7 +55,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
     /// <summary>Builds both hosts. <paramref name="configure"/> lets tests and the serve-image command add
     /// configuration on top of appsettings.json, the environment and <paramref name="args"/>.</summary>
     public static ProxyServer Create(string[] args, Action<IConfigurationBuilder>? configure = null,
-        Action<IServiceCollection>? services = null)
+        Action<IServiceCollection>? services = null, TimeProvider? clock = null)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
         {
@@ -71,7 +75,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
         builder.Services.Configure<BackendOptions>(config.GetSection(BackendOptions.Section));
         var shutdownTimeout = ShutdownTimeoutOf(config);
         builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
-        builder.Services.AddSingleton(TimeProvider.System);
+        builder.Services.AddKeyedSingleton(ClockKey, clock ?? TimeProvider.System);
         builder.Services.AddSingleton<TicketStore>();
         builder.Services.AddSingleton<ConnectionTracker>();
         builder.Services.AddSingleton<DataApi>();
@@ -89,11 +93,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
             kestrel.AddServerHeader = false;
             // Bodies are bounded by the ticket's range, not by a global size (ecosystem.md §1.6).
             kestrel.Limits.MaxRequestBodySize = null;
-            // Inactivity is enforced per ticket by ConnectionTracker (imageio-api.md §2), so Kestrel's own
-            // limit must never fire first. Not InfiniteTimeSpan: Kestrel adds its -1 tick to the clock, and
-            // idle keep-alive connections were closed within a second (clients then saw their next request
-            // fail with "response ended prematurely"; LoadTests and KeepAliveTests caught it).
-            kestrel.Limits.KeepAliveTimeout = TimeSpan.FromDays(365);
+            // Inactivity is enforced per ticket by ConnectionTracker (imageio-api.md §2). Not
+            // InfiniteTimeSpan: Kestrel maps it to TimeSpan.MaxValue, and "now + MaxValue" overflows in
+            // its timeout arithmetic, closing idle keep-alive connections at the next heartbeat.
+            kestrel.Limits.KeepAliveTimeout = TimeSpan.FromDays(30);
             ConnectionDelegate Track(ConnectionDelegate next) => kestrel.ApplicationServices.GetRequiredService<ConnectionTracker>().Middleware(next);
             if (remote.Enable)
             {
@@ -191,7 +194,8 @@ public sealed partial class ProxyServer : IAsyncDisposable
             return;
         }
         _stopped = true;
-        var time = _data.Services.GetRequiredService<TimeProvider>();
+        // Wall-clock, not the ticket clock: the deadline is Kubernetes' SIGKILL.
+        var time = TimeProvider.System;
         var total = ShutdownTimeout;
         var flushReserve = TimeSpan.FromTicks(Math.Min(TimeSpan.FromSeconds(5).Ticks, total.Ticks / 4));
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
