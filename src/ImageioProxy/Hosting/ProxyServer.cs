@@ -27,6 +27,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
     private readonly WebApplication? _control;
     private readonly ILogger<ProxyServer> _logger;
     private bool _stopped;
+    private bool _missedDeadline;
 
     private ProxyServer(WebApplication data, WebApplication? control)
     {
@@ -76,6 +77,8 @@ public sealed partial class ProxyServer : IAsyncDisposable
         builder.Services.Configure<ControlOptions>(config.GetSection(ControlOptions.Section));
         builder.Services.Configure<DaemonOptions>(config.GetSection(DaemonOptions.Section));
         builder.Services.Configure<BackendOptions>(config.GetSection(BackendOptions.Section));
+        var shutdownTimeout = ShutdownTimeoutOf(config);
+        builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
         builder.Services.AddKeyedSingleton(ClockKey, clock ?? TimeProvider.System);
         builder.Services.AddSingleton<TicketStore>();
         builder.Services.AddSingleton<ConnectionTracker>();
@@ -144,6 +147,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
             controlBuilder.Configuration.AddConfiguration(config);
             ConfigureLogging(controlBuilder.Logging);
             controlBuilder.Services.AddSingleton(data.Services.GetRequiredService<ControlApi>());
+            controlBuilder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
             controlBuilder.WebHost.ConfigureKestrel(kestrel =>
             {
                 kestrel.AddServerHeader = false;
@@ -183,7 +187,14 @@ public sealed partial class ProxyServer : IAsyncDisposable
         _data.Services.GetRequiredService<Observability.ServiceReadiness>().MarkStarted();
     }
 
-    /// <summary>Stops accepting, lets running requests finish, then flushes and closes every pool.</summary>
+    /// <summary>Daemon:ShutdownTimeout: the whole of <see cref="StopAsync"/>.</summary>
+    public TimeSpan ShutdownTimeout => ShutdownTimeoutOf(_data.Services.GetRequiredService<IConfiguration>());
+
+    /// <summary>Graceful shutdown, bounded by Daemon:ShutdownTimeout (ecosystem.md §2.5): stop accepting
+    /// (the listeners close, so new connections are refused), let running requests finish during all but
+    /// a flush reserve, abort those still running, then cancel every ticket and flush and close its pool
+    /// in what is left. Returns by the deadline even if a hung backend keeps a flush from finishing: the
+    /// process must exit before Kubernetes' SIGKILL, and an unflushed ticket is logged.</summary>
     public async Task StopAsync(CancellationToken cancellationToken = default)
     {
         if (_stopped)
@@ -191,14 +202,43 @@ public sealed partial class ProxyServer : IAsyncDisposable
             return;
         }
         _stopped = true;
+        // Wall-clock, not the ticket clock: the deadline is Kubernetes' SIGKILL.
+        var time = TimeProvider.System;
+        var total = ShutdownTimeout;
+        var flushReserve = TimeSpan.FromTicks(Math.Min(TimeSpan.FromSeconds(5).Ticks, total.Ticks / 4));
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(total);
+        using var drain = CancellationTokenSource.CreateLinkedTokenSource(deadline.Token);
+        drain.CancelAfter(total - flushReserve);
+        var started = time.GetTimestamp();
+        LogStopping(total.TotalSeconds, Tickets.Count);
+
+        // 1. Refuse new requests and drain running ones; Kestrel aborts what still runs when drain fires.
         if (_control is not null)
         {
-            await _control.StopAsync(cancellationToken);
+            await _control.StopAsync(drain.Token);
         }
-        await _data.StopAsync(cancellationToken);
-        await Tickets.DisposeAsync();
-        await Connections.DisposeAsync();
-        LogStopped();
+        await _data.StopAsync(drain.Token);
+
+        // 2. Flush and close every pool. Aborted requests end their in-flight NBD writes first.
+        var closing = Tickets.DisposeAsync().AsTask();
+        try
+        {
+            await closing.WaitAsync(deadline.Token);
+            await Connections.DisposeAsync();
+            LogStopped(time.GetElapsedTime(started).TotalSeconds);
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+        {
+            _missedDeadline = true;
+            LogStopDeadline(total.TotalSeconds);
+        }
+    }
+
+    private static TimeSpan ShutdownTimeoutOf(IConfiguration config)
+    {
+        var daemon = config.GetSection(DaemonOptions.Section).Get<DaemonOptions>() ?? new();
+        return TimeSpan.FromSeconds(daemon.ShutdownTimeout);
     }
 
     /// <summary>Completes when the host is asked to stop (SIGINT, SIGTERM).</summary>
@@ -213,6 +253,18 @@ public sealed partial class ProxyServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await StopAsync();
+        var disposing = DisposeHostsAsync();
+        if (_missedDeadline)
+        {
+            // Disposing the services would wait again for the flush that missed the deadline.
+            await disposing.WaitAsync(TimeSpan.FromSeconds(1)).ContinueWith(static _ => { }, TaskScheduler.Default);
+            return;
+        }
+        await disposing;
+    }
+
+    private async Task DisposeHostsAsync()
+    {
         if (_control is not null)
         {
             await _control.DisposeAsync();
@@ -288,6 +340,22 @@ public sealed partial class ProxyServer : IAsyncDisposable
         {
             errors.Add("Daemon:MaxConnections must be at least 1 and Daemon:InactivityTimeout at least 0");
         }
+        if (daemon.ShutdownTimeout is < 1 or > 3600)
+        {
+            errors.Add($"Daemon:ShutdownTimeout={daemon.ShutdownTimeout} must lie between 1 and 3600 seconds");
+        }
+        if (backend.RequestTimeout is < 0.1 or > 86400 || backend.ConnectTimeout is < 0.1 or > 3600)
+        {
+            errors.Add("Backend:RequestTimeout must lie between 0.1 and 86400 seconds, Backend:ConnectTimeout between 0.1 and 3600");
+        }
+        if (backend.ReconnectAttempts < 1 || backend.ReconnectDelay < 0 || backend.ReconnectMaxDelay < backend.ReconnectDelay)
+        {
+            errors.Add("Backend:ReconnectAttempts must be at least 1, Backend:ReconnectDelay at least 0 and Backend:ReconnectMaxDelay at least Backend:ReconnectDelay");
+        }
+        if (backend.BreakerFailureThreshold is 1 or < 0 || (backend.BreakerFailureThreshold > 0 && (backend.BreakerBreakDuration < 0.5 || backend.BreakerSamplingDuration < 0.5)))
+        {
+            errors.Add("Backend:BreakerFailureThreshold must be 0 (off) or at least 2, and Backend:BreakerBreakDuration and Backend:BreakerSamplingDuration at least 0.5 seconds (Polly's minimums)");
+        }
         if (errors.Count > 0)
         {
             throw new InvalidOperationException("Invalid configuration:\n  " + string.Join("\n  ", errors));
@@ -331,6 +399,12 @@ public sealed partial class ProxyServer : IAsyncDisposable
     [LoggerMessage(EventId = 5001, Level = LogLevel.Information, Message = "Serving remote={Remote} local={Local} control={Control}")]
     private partial void LogStarted(string remote, string local, string control);
 
-    [LoggerMessage(EventId = 5002, Level = LogLevel.Information, Message = "Stopped; every pool was flushed and closed")]
-    private partial void LogStopped();
+    [LoggerMessage(EventId = 5002, Level = LogLevel.Information, Message = "Stopped in {Seconds:0.0} s; every pool was flushed (failures are logged above) and closed")]
+    private partial void LogStopped(double seconds);
+
+    [LoggerMessage(EventId = 5003, Level = LogLevel.Information, Message = "Stopping within {Seconds} s (Daemon:ShutdownTimeout): refusing new requests, draining {Tickets} ticket(s)")]
+    private partial void LogStopping(double seconds, int tickets);
+
+    [LoggerMessage(EventId = 5004, Level = LogLevel.Error, Message = "Shutdown deadline of {Seconds} s reached before every pool was flushed; exiting anyway: clients must resend what they wrote since their last flush")]
+    private partial void LogStopDeadline(double seconds);
 }

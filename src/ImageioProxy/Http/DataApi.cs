@@ -70,6 +70,11 @@ public sealed partial class DataApi
         catch (Exception e) when (e is BadHttpRequestException or IOException && http.RequestAborted.IsCancellationRequested)
         {
         }
+        catch (Exception e) when (BackendErrors.Map(e, http.Request.Method) is { } backendError)
+        {
+            LogBackendFailed(http.Request.Method, backendError.Status, e);
+            await WriteErrorAsync(http, backendError);
+        }
         catch (Exception e)
         {
             LogRequestFailed(http.Request.Method, e);
@@ -164,7 +169,7 @@ public sealed partial class DataApi
         catch (NbdException e)
         {
             LogBackendOpenFailed(ticket.Spec.TransferId, e);
-            throw new HttpErrorException(StatusCodes.Status500InternalServerError, "Server failed to perform the request, check logs");
+            throw BackendErrors.Map(e, request.Http.Request.Method)!;
         }
     }
 
@@ -248,6 +253,10 @@ public sealed partial class DataApi
         {
             http.Response.Headers.ContentRange = error.ContentRange;
         }
+        if (error.RetryAfter is not null)
+        {
+            http.Response.Headers.RetryAfter = error.RetryAfter;
+        }
         var body = Encoding.UTF8.GetBytes(error.Message + "\n");
         http.Response.ContentType = "text/plain; charset=UTF-8";
         http.Response.ContentLength = body.Length;
@@ -297,6 +306,9 @@ public sealed partial class DataApi
 
     [LoggerMessage(EventId = 2002, Level = LogLevel.Error, Message = "Cannot open the NBD backend of transfer {TransferId}")]
     private partial void LogBackendOpenFailed(string transferId, Exception exception);
+
+    [LoggerMessage(EventId = 2003, Level = LogLevel.Error, Message = "{Method} request failed with {Status}: the NBD backend failed")]
+    private partial void LogBackendFailed(string method, int status, Exception exception);
 }
 
 /// <summary>A data request and the connection it arrived on (null only when not tracked, e.g. in tests).</summary>
