@@ -49,7 +49,7 @@ public class OrchestrationFilesTests
         Probe(proxy, "livenessProbe").Should().Be("/health/live@monitoring");
         proxy.GetProperty("securityContext").GetProperty("readOnlyRootFilesystem").GetBoolean().Should().BeTrue();
         pod.GetProperty("securityContext").GetProperty("runAsUser").GetInt32().Should().Be(1654, "the .NET images' app user");
-        var shutdown = proxy.GetProperty("env").EnumerateArray().Single(e => e.GetProperty("name").GetString() == "shutdownTimeoutSeconds");
+        var shutdown = proxy.GetProperty("env").EnumerateArray().Single(e => e.GetProperty("name").GetString() == "Daemon__ShutdownTimeout");
         pod.GetProperty("terminationGracePeriodSeconds").GetInt32().Should()
             .BeGreaterThan(int.Parse(shutdown.GetProperty("value").GetString()!, System.Globalization.CultureInfo.InvariantCulture) + 5);
         var ingress = documents.Single(d => d.GetProperty("kind").GetString() == "Ingress").GetProperty("metadata").GetProperty("annotations");
