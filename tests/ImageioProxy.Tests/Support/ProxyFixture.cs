@@ -95,10 +95,16 @@ public class ProxyFixture : IAsyncLifetime
             {
                 services.AddSingleton(_time);
             }
+            ConfigureServices(services);
         });
         await Server.StartAsync();
         Data = new HttpClient { BaseAddress = RemoteUri };
         Control = UnixClient(ControlSocket);
+    }
+
+    /// <summary>Extra services for both hosts (a capturing ILoggerProvider, say).</summary>
+    protected virtual void ConfigureServices(IServiceCollection services)
+    {
     }
 
     public async Task DisposeAsync()
