@@ -88,8 +88,12 @@ public sealed partial class ProxyServer : IAsyncDisposable
             kestrel.AddServerHeader = false;
             // Bodies are bounded by the ticket's range, not by a global size (ecosystem.md §1.6).
             kestrel.Limits.MaxRequestBodySize = null;
-            // Inactivity is enforced per ticket by ConnectionTracker (imageio-api.md §2).
-            kestrel.Limits.KeepAliveTimeout = Timeout.InfiniteTimeSpan;
+            // Inactivity is enforced per ticket by ConnectionTracker (imageio-api.md §2), so Kestrel's own
+            // keep-alive timeout must never fire first. Not InfiniteTimeSpan: Kestrel stores it as
+            // TimeSpan.MaxValue, its deadline arithmetic overflows, and every idle keep-alive connection
+            // was dropped at the next 1 s heartbeat (found by
+            // Keep_alive_connection_idle_within_the_ticket_inactivity_timeout_stays_usable).
+            kestrel.Limits.KeepAliveTimeout = TimeSpan.FromDays(365);
             ApplyLimits(kestrel.Limits, limits);
             ConnectionDelegate Track(ConnectionDelegate next) => kestrel.ApplicationServices.GetRequiredService<ConnectionTracker>().Middleware(next);
             if (remote.Enable)
@@ -237,8 +241,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
 
     private static void ConfigureLogging(ILoggingBuilder logging)
     {
-        // Request lines carry the ticket id, a secret (imageio issue #26): never log them.
-        logging.AddFilter("Microsoft.AspNetCore.Hosting.Diagnostics", LogLevel.Warning);
+        // Request lines carry the ticket id, a secret (imageio issue #26): never log them. Hosting's
+        // category must be off entirely: while it is enabled at any level, ASP.NET Core wraps every log
+        // of a request in a scope with RequestPath, which scope-aware providers write out.
+        logging.AddFilter("Microsoft.AspNetCore.Hosting.Diagnostics", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel.BadRequests", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel.Http2", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel", LogLevel.Warning);

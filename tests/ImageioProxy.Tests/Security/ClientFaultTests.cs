@@ -278,6 +278,26 @@ public class ClientFaultTests(ClientFaultFixture fixture) : IClassFixture<Client
     }
 
     [Fact]
+    public async Task Keep_alive_connection_idle_within_the_ticket_inactivity_timeout_stays_usable()
+    {
+        // virt-v2v opens its connections, then converts for minutes before sending (imageio issue #14):
+        // an idle connection bound to a ticket lives as long as the ticket's inactivity_timeout says,
+        // here 300 s, well past Daemon:InactivityTimeout (2 s) and Kestrel's 1 s heartbeat.
+        var id = await AddTicketAsync(inactivityTimeout: 300);
+        using var socket = await ConnectAsync();
+        using var deadline = new CancellationTokenSource(Bound);
+        await socket.SendAsync(Encoding.ASCII.GetBytes($"OPTIONS /images/{id} HTTP/1.1\r\nHost: test\r\n\r\n"));
+        (await RawExchange.ReadReplyAsync(socket, deadline.Token)).Status.Should().Be(200);
+
+        await Task.Delay(TimeSpan.FromSeconds(4));
+        await socket.SendAsync(Encoding.ASCII.GetBytes($"GET /images/{id}/extents HTTP/1.1\r\nHost: test\r\n\r\n"));
+        var reply = await RawExchange.ReadReplyAsync(socket, deadline.Token);
+
+        reply.Status.Should().Be(200, "the same connection still serves requests: {0}", reply);
+        (await ConnectionsAsync(id)).Should().Be(1);
+    }
+
+    [Fact]
     public async Task Idle_connections_are_closed_and_do_not_block_others()
     {
         var id = await AddTicketAsync(inactivityTimeout: 2);
