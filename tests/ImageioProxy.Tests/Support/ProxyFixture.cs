@@ -2,8 +2,8 @@ using System.Diagnostics;
 using System.Net.Http.Json;
 using System.Net.Sockets;
 using ImageioProxy.Hosting;
-using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace ImageioProxy.Tests.Support;
 
@@ -89,14 +89,7 @@ public class ProxyFixture : IAsyncLifetime
         {
             settings[key] = value;
         }
-        Server = ProxyServer.Create([], config => config.AddInMemoryCollection(settings), services =>
-        {
-            if (_time is not null)
-            {
-                services.AddSingleton(_time);
-            }
-            ConfigureServices(services);
-        });
+        Server = ProxyServer.Create([], config => config.AddInMemoryCollection(settings), ConfigureServices, clock: _time);
         await Server.StartAsync();
         Data = new HttpClient { BaseAddress = RemoteUri };
         Control = UnixClient(ControlSocket);
