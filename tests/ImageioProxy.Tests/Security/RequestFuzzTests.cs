@@ -160,7 +160,7 @@ public class RequestFuzzTests(FuzzFixture fixture, ITestOutputHelper output) : I
     {
         var request = Templates[random.Next(Templates.Length)].Replace("{id}", ids[random.Next(ids.Length)], StringComparison.Ordinal);
         var notes = new List<string>();
-        for (var i = random.Next(1, 5); i > 0; i--)
+        for (var i = random.Next(1, 5); i > 0 && request.Length > 0; i--)
         {
             switch (random.Next(11))
             {
