@@ -7,7 +7,18 @@ if (args.Length > 0 && args[0] == "serve-image")
     return await ServeImageCommand.RunAsync(args[1..]);
 }
 
-await using var server = ProxyServer.Create(args);
+ProxyServer created;
+try
+{
+    created = ProxyServer.Create(args);
+}
+catch (InvalidOperationException e) when (e.Message.StartsWith("Invalid configuration", StringComparison.Ordinal))
+{
+    // Refuse to start with a message an operator can act on, not an unhandled-exception dump.
+    await Console.Error.WriteLineAsync($"ImageioProxy: {e.Message}");
+    return 2;
+}
+await using var server = created;
 await server.StartAsync();
 await server.WaitForShutdownSignalAsync();
 await server.StopAsync();
