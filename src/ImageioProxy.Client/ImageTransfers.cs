@@ -240,7 +240,11 @@ public static class ImageTransfers
                 Task? nextRead = hasNext ? StartRead(next, ref current) : null;
                 pendingRead = nextRead;
 
-                if (operation.Kind == TransferOperationKind.Data)
+                // Written zeroes are data to block status (raw files, preallocated images): a vectorised scan
+                // of the chunk sends them as zero instead, as nbdcopy and qemu-img do (a server without "zero"
+                // gets the bytes as they are).
+                if (operation.Kind == TransferOperationKind.Data
+                    && (zeroMode == ZeroMode.Put || data.AsSpan(0, (int)operation.Length).ContainsAnyExcept((byte)0)))
                 {
                     await server.PutAsync(operation.Offset, data.AsMemory(0, (int)operation.Length), cancellationToken).ConfigureAwait(false);
                 }

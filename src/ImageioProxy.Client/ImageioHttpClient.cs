@@ -74,11 +74,14 @@ public sealed class ImageioHttpClient : IDisposable
     /// <c>?flush=n</c> when the server can flush, so that one flush at the end covers everything).</summary>
     public async Task PutAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default)
     {
-        using var content = new ReadOnlyMemoryContent(data);
-        content.Headers.ContentType = new MediaTypeHeaderValue("application/octet-stream");
-        content.Headers.ContentRange = new ContentRangeHeaderValue(offset, offset + data.Length - 1);
-        using var request = new HttpRequestMessage(HttpMethod.Put, Server.CanFlush ? ImageUri("?flush=n") : ImageUri()) { Content = content };
-        using var response = await SendAsync(request, $"PUT {Range(offset, data.Length)}", cancellationToken).ConfigureAwait(false);
+        var uri = Server.CanFlush ? ImageUri("?flush=n") : ImageUri();
+        using var response = await SendAsync(() =>
+        {
+            var content = new ReadOnlyMemoryContent(data);
+            content.Headers.ContentType = new MediaTypeHeaderValue("application/octet-stream");
+            content.Headers.ContentRange = new ContentRangeHeaderValue(offset, offset + data.Length - 1);
+            return new HttpRequestMessage(HttpMethod.Put, uri) { Content = content };
+        }, $"PUT {Range(offset, data.Length)}", cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>PATCH zero: the server writes zeroes (or punches a hole on a sparse ticket).</summary>
@@ -94,9 +97,13 @@ public sealed class ImageioHttpClient : IDisposable
     public async Task ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         var what = $"GET {Range(offset, buffer.Length)}";
-        using var request = new HttpRequestMessage(HttpMethod.Get, ImageUri());
-        request.Headers.Range = new RangeHeaderValue(offset, offset + buffer.Length - 1);
-        using var response = await SendAsync(request, what, cancellationToken, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
+        var uri = ImageUri();
+        using var response = await SendAsync(() =>
+        {
+            var request = new HttpRequestMessage(HttpMethod.Get, uri);
+            request.Headers.Range = new RangeHeaderValue(offset, offset + buffer.Length - 1);
+            return request;
+        }, what, cancellationToken, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
         if (response.StatusCode != HttpStatusCode.PartialContent || response.Content.Headers.ContentLength != buffer.Length)
         {
             throw new ImageioClientException(ImageioErrorKind.Protocol,
@@ -123,9 +130,13 @@ public sealed class ImageioHttpClient : IDisposable
             var extents = await GetExtentsAsync(cancellationToken).ConfigureAwait(false);
             return extents.Count == 0 ? 0 : extents[^1].End;
         }
-        using var request = new HttpRequestMessage(HttpMethod.Get, ImageUri());
-        request.Headers.Range = new RangeHeaderValue(0, 0);
-        using var response = await SendAsync(request, "GET bytes=0-0", cancellationToken, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
+        var uri = ImageUri();
+        using var response = await SendAsync(() =>
+        {
+            var request = new HttpRequestMessage(HttpMethod.Get, uri);
+            request.Headers.Range = new RangeHeaderValue(0, 0);
+            return request;
+        }, "GET bytes=0-0", cancellationToken, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
         return response.Content.Headers.ContentRange?.Length
             ?? throw new ImageioClientException(ImageioErrorKind.Protocol, "the server supports neither extents nor Content-Range; cannot tell the image size");
     }
@@ -133,8 +144,8 @@ public sealed class ImageioHttpClient : IDisposable
     /// <summary>GET /extents (zero context): the whole image, in order.</summary>
     public async Task<IReadOnlyList<ImageExtent>> GetExtentsAsync(CancellationToken cancellationToken = default)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Get, ImageUri("/extents"));
-        var json = await SendForTextAsync(request, "GET extents", cancellationToken).ConfigureAwait(false);
+        var uri = ImageUri("/extents");
+        var json = await SendForTextAsync(() => new HttpRequestMessage(HttpMethod.Get, uri), "GET extents", cancellationToken).ConfigureAwait(false);
         try
         {
             using var document = JsonDocument.Parse(json);
@@ -159,8 +170,8 @@ public sealed class ImageioHttpClient : IDisposable
     public async Task<ImageChecksum> GetChecksumAsync(string algorithm, int blockSize, CancellationToken cancellationToken = default)
     {
         var query = string.Create(CultureInfo.InvariantCulture, $"/checksum?algorithm={Uri.EscapeDataString(algorithm)}&block_size={blockSize}");
-        using var request = new HttpRequestMessage(HttpMethod.Get, ImageUri(query));
-        var json = await SendForTextAsync(request, "GET checksum", cancellationToken).ConfigureAwait(false);
+        var uri = ImageUri(query);
+        var json = await SendForTextAsync(() => new HttpRequestMessage(HttpMethod.Get, uri), "GET checksum", cancellationToken).ConfigureAwait(false);
         try
         {
             using var document = JsonDocument.Parse(json);
@@ -177,8 +188,8 @@ public sealed class ImageioHttpClient : IDisposable
 
     private async Task<ImageioServerInfo> OptionsAsync(CertificateCheck? tls, CancellationToken cancellationToken)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Options, ImageUri());
-        using var response = await SendAsync(request, "OPTIONS", cancellationToken, tls: tls).ConfigureAwait(false);
+        var uri = ImageUri();
+        using var response = await SendAsync(() => new HttpRequestMessage(HttpMethod.Options, uri), "OPTIONS", cancellationToken, tls: tls).ConfigureAwait(false);
         var json = await response.Content.ReadAsStringAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -222,14 +233,14 @@ public sealed class ImageioHttpClient : IDisposable
 
     private async Task PatchAsync(string json, string what, CancellationToken cancellationToken)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Patch, ImageUri())
+        var uri = ImageUri();
+        using var response = await SendAsync(() => new HttpRequestMessage(HttpMethod.Patch, uri)
         {
             Content = new StringContent(json, Encoding.UTF8, "application/json"),
-        };
-        using var response = await SendAsync(request, what, cancellationToken).ConfigureAwait(false);
+        }, what, cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<string> SendForTextAsync(HttpRequestMessage request, string what, CancellationToken cancellationToken)
+    private async Task<string> SendForTextAsync(Func<HttpRequestMessage> request, string what, CancellationToken cancellationToken)
     {
         using var response = await SendAsync(request, what, cancellationToken, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
         try
@@ -243,11 +254,38 @@ public sealed class ImageioHttpClient : IDisposable
     }
 
     /// <summary>Sends and maps every failure to an <see cref="ImageioClientException"/>; returns only
-    /// successful responses (the caller disposes them).</summary>
-    private async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, string what, CancellationToken cancellationToken,
+    /// successful responses (the caller disposes them). A request whose connection broke before its reply
+    /// (a kept-alive connection the server closed, a reset or broken pipe while sending) is sent again, up to
+    /// <see cref="SendAttempts"/> times: every request of this API is idempotent (PUT and PATCH zero of a
+    /// range write the same bytes again, flush and GET repeat harmlessly).</summary>
+    private async Task<HttpResponseMessage> SendAsync(Func<HttpRequestMessage> createRequest, string what, CancellationToken cancellationToken,
         HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead, CertificateCheck? tls = null)
     {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                return await SendOnceAsync(createRequest, what, completion, tls, cancellationToken).ConfigureAwait(false);
+            }
+            catch (ImageioClientException e) when (attempt < SendAttempts && e.Kind == ImageioErrorKind.ConnectionLost && e.InnerException is HttpRequestException)
+            {
+                Interlocked.Increment(ref _retries);
+                await Task.Delay(TimeSpan.FromMilliseconds(100 * attempt), cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private const int SendAttempts = 3;
+    private int _retries;
+
+    /// <summary>Requests sent again after their connection broke.</summary>
+    public int Retries => Volatile.Read(ref _retries);
+
+    private async Task<HttpResponseMessage> SendOnceAsync(Func<HttpRequestMessage> createRequest, string what,
+        HttpCompletionOption completion, CertificateCheck? tls, CancellationToken cancellationToken)
+    {
         HttpResponseMessage response;
+        using var request = createRequest();
         try
         {
             response = await _http.SendAsync(request, completion, cancellationToken).ConfigureAwait(false);

@@ -174,7 +174,8 @@ public sealed class LocalImage : IAsyncDisposable
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(StartTimeout);
-        while (!File.Exists(socket))
+        // The socket file appears at bind(), a moment before listen(): wait until a connect succeeds.
+        while (!File.Exists(socket) || !await CanConnectAsync(socket, cancellationToken).ConfigureAwait(false))
         {
             if (process.HasExited)
             {
@@ -188,6 +189,20 @@ public sealed class LocalImage : IAsyncDisposable
             {
                 throw new ImageioClientException(ImageioErrorKind.Local, $"qemu-nbd did not create its socket within {StartTimeout.TotalSeconds:0} s");
             }
+        }
+    }
+
+    private static async Task<bool> CanConnectAsync(string path, CancellationToken cancellationToken)
+    {
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            await probe.ConnectAsync(new UnixDomainSocketEndPoint(path), cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
         }
     }
 
