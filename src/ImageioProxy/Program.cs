@@ -2,9 +2,14 @@ using ImageioProxy.Hosting;
 
 // ImageioProxy [--Section:Key=value ...]            serve (imageio's daemon)
 // ImageioProxy serve-image IMAGE [--size SIZE] [--format raw|qcow2] [--Section:Key=value ...]
+// ImageioProxy upload|download|checksum|info ...   the client (docs/client.md)
 if (args.Length > 0 && args[0] == "serve-image")
 {
     return await ServeImageCommand.RunAsync(args[1..]);
+}
+if (args.Length > 0 && ImageioProxy.Client.ClientCommandLine.Commands.Contains(args[0]))
+{
+    return await ImageioProxy.Client.ClientCommandLine.RunAsync(args);
 }
 
 ProxyServer created;
