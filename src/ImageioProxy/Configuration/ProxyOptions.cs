@@ -132,3 +132,40 @@ public sealed class BackendOptions
 
     public double BreakerSamplingDuration { get; set; } = 30;
 }
+
+/// <summary>[limits]: Kestrel's protections against slow, idle and oversized clients on the data
+/// listeners (ecosystem.md §1.6). imageio has none of these but a 60 s socket timeout, so the defaults
+/// are lenient enough for big uploads over slow or stalling links; docs/reliability.md lists them.</summary>
+public sealed class LimitsOptions
+{
+    public const string Section = "Limits";
+
+    /// <summary>Bytes/s a request body must average once the grace period is over; 0 disables the check.
+    /// Time the proxy spends not reading (back-pressure from a slow backend) does not count.</summary>
+    public int MinRequestBodyDataRate { get; set; } = 240;
+
+    /// <summary>Seconds before MinRequestBodyDataRate applies: imageio's 60 s socket timeout.</summary>
+    public int MinRequestBodyDataRateGracePeriod { get; set; } = 60;
+
+    /// <summary>Bytes/s a client must average reading a response (GET); 0 disables the check.</summary>
+    public int MinResponseDataRate { get; set; } = 240;
+
+    /// <summary>Seconds before MinResponseDataRate applies.</summary>
+    public int MinResponseDataRateGracePeriod { get; set; } = 60;
+
+    /// <summary>Seconds a client may take to send the request line and headers once it started (slowloris).</summary>
+    public int RequestHeadersTimeout { get; set; } = 30;
+
+    /// <summary>Bytes of the request line; longer gets 414 (imageio: 4096).</summary>
+    public int MaxRequestLineSize { get; set; } = 8192;
+
+    /// <summary>Bytes of all request headers together; more gets 431.</summary>
+    public int MaxRequestHeadersTotalSize { get; set; } = 32 * 1024;
+
+    /// <summary>Number of request headers; more gets 431.</summary>
+    public int MaxRequestHeaderCount { get; set; } = 100;
+
+    /// <summary>Open data connections (TCP and local socket together); 0 = unlimited. Connections per
+    /// ticket are limited by Daemon:MaxConnections.</summary>
+    public long MaxConcurrentConnections { get; set; }
+}

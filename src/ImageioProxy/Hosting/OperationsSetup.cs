@@ -40,7 +40,7 @@ public static class OperationsSetup
         var full = Path.GetFullPath(path);
         if (!File.Exists(full))
         {
-            throw new InvalidOperationException($"The configuration file {full} ({ConfigFileKey}) does not exist");
+            throw new InvalidOperationException($"Invalid configuration: the file {full} given by {ConfigFileKey} does not exist");
         }
         var source = new JsonConfigurationSource { Path = full, Optional = false, ReloadOnChange = false };
         source.ResolveFileProvider();

@@ -79,6 +79,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
         builder.Services.Configure<BackendOptions>(config.GetSection(BackendOptions.Section));
         var shutdownTimeout = ShutdownTimeoutOf(config);
         builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
+        builder.Services.Configure<LimitsOptions>(config.GetSection(LimitsOptions.Section));
         builder.Services.AddKeyedSingleton(ClockKey, clock ?? TimeProvider.System);
         builder.Services.AddSingleton<TicketStore>();
         builder.Services.AddSingleton<ConnectionTracker>();
@@ -91,6 +92,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
         var tls = config.GetSection(TlsOptions.Section).Get<TlsOptions>() ?? new();
         var local = config.GetSection(LocalOptions.Section).Get<LocalOptions>() ?? new();
         var control = config.GetSection(ControlOptions.Section).Get<ControlOptions>() ?? new();
+        var limits = config.GetSection(LimitsOptions.Section).Get<LimitsOptions>() ?? new();
         Validate(config, operationsErrors);
 
         builder.WebHost.ConfigureKestrel(kestrel =>
@@ -102,6 +104,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
             // InfiniteTimeSpan: Kestrel maps it to TimeSpan.MaxValue, and "now + MaxValue" overflows in
             // its timeout arithmetic, closing idle keep-alive connections at the next heartbeat.
             kestrel.Limits.KeepAliveTimeout = TimeSpan.FromDays(30);
+            ApplyLimits(kestrel.Limits, limits);
             ConnectionDelegate Track(ConnectionDelegate next) => kestrel.ApplicationServices.GetRequiredService<ConnectionTracker>().Middleware(next);
             if (remote.Enable)
             {
@@ -148,6 +151,9 @@ public sealed partial class ProxyServer : IAsyncDisposable
             ConfigureLogging(controlBuilder.Logging);
             controlBuilder.Services.AddSingleton(data.Services.GetRequiredService<ControlApi>());
             controlBuilder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
+            // The same extra services (log providers, time) in both hosts: a log capture must also see
+            // what the control host logs about tickets.
+            services?.Invoke(controlBuilder.Services);
             controlBuilder.WebHost.ConfigureKestrel(kestrel =>
             {
                 kestrel.AddServerHeader = false;
@@ -297,8 +303,9 @@ public sealed partial class ProxyServer : IAsyncDisposable
 
     private static void ConfigureLogging(ILoggingBuilder logging)
     {
-        // Request lines carry the ticket id, a secret (imageio issue #26): never log them. None, not
-        // Warning: hosting opens its RequestPath log scope only when this category is enabled at all.
+        // Request lines carry the ticket id, a secret (imageio issue #26): never log them. Hosting's
+        // category must be off entirely: while it is enabled at any level, ASP.NET Core wraps every log
+        // of a request in a scope with RequestPath, which scope-aware providers write out.
         logging.AddFilter("Microsoft.AspNetCore.Hosting.Diagnostics", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel.BadRequests", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel.Http2", LogLevel.None);
@@ -356,10 +363,64 @@ public sealed partial class ProxyServer : IAsyncDisposable
         {
             errors.Add("Backend:BreakerFailureThreshold must be 0 (off) or at least 2, and Backend:BreakerBreakDuration and Backend:BreakerSamplingDuration at least 0.5 seconds (Polly's minimums)");
         }
+        if (remote.Enable && tls.Enable)
+        {
+            foreach (var (key, path) in new[] { ("Tls:CertFile", tls.CertFile), ("Tls:KeyFile", tls.KeyFile), ("Tls:CaFile", tls.CaFile) })
+            {
+                if (path.Length > 0 && !File.Exists(path))
+                {
+                    errors.Add($"{key}={path} does not exist");
+                }
+            }
+        }
+        ValidateLimits(config.GetSection(LimitsOptions.Section).Get<LimitsOptions>() ?? new(), errors);
         if (errors.Count > 0)
         {
             throw new InvalidOperationException("Invalid configuration:\n  " + string.Join("\n  ", errors));
         }
+    }
+
+    private static void ValidateLimits(LimitsOptions limits, List<string> errors)
+    {
+        if (limits.MinRequestBodyDataRate < 0 || limits.MinResponseDataRate < 0)
+        {
+            errors.Add("Limits:MinRequestBodyDataRate and Limits:MinResponseDataRate must be at least 0 (0 disables the check)");
+        }
+        // Kestrel checks rates on its 1 s heartbeat and refuses shorter grace periods.
+        if (limits.MinRequestBodyDataRateGracePeriod < 2 || limits.MinResponseDataRateGracePeriod < 2)
+        {
+            errors.Add("Limits:MinRequestBodyDataRateGracePeriod and Limits:MinResponseDataRateGracePeriod must be at least 2 seconds");
+        }
+        if (limits.RequestHeadersTimeout < 1)
+        {
+            errors.Add("Limits:RequestHeadersTimeout must be at least 1 second");
+        }
+        if (limits.MaxRequestLineSize < 256 || limits.MaxRequestHeadersTotalSize < 1024 || limits.MaxRequestHeaderCount < 8)
+        {
+            errors.Add("Limits:MaxRequestLineSize must be at least 256, Limits:MaxRequestHeadersTotalSize at least 1024 and Limits:MaxRequestHeaderCount at least 8");
+        }
+        if (limits.MaxConcurrentConnections < 0)
+        {
+            errors.Add("Limits:MaxConcurrentConnections must be at least 0 (0 = unlimited)");
+        }
+    }
+
+    /// <summary>Slowloris and size limits of the data listeners (ecosystem.md §1.6). The rates are
+    /// cumulative averages, checked only while the proxy waits for the client, so back-pressure from a
+    /// slow backend and short stalls of a fast upload do not trip them.</summary>
+    private static void ApplyLimits(KestrelServerLimits kestrel, LimitsOptions limits)
+    {
+        kestrel.MinRequestBodyDataRate = limits.MinRequestBodyDataRate == 0
+            ? null
+            : new MinDataRate(limits.MinRequestBodyDataRate, TimeSpan.FromSeconds(limits.MinRequestBodyDataRateGracePeriod));
+        kestrel.MinResponseDataRate = limits.MinResponseDataRate == 0
+            ? null
+            : new MinDataRate(limits.MinResponseDataRate, TimeSpan.FromSeconds(limits.MinResponseDataRateGracePeriod));
+        kestrel.RequestHeadersTimeout = TimeSpan.FromSeconds(limits.RequestHeadersTimeout);
+        kestrel.MaxRequestLineSize = limits.MaxRequestLineSize;
+        kestrel.MaxRequestHeadersTotalSize = limits.MaxRequestHeadersTotalSize;
+        kestrel.MaxRequestHeaderCount = limits.MaxRequestHeaderCount;
+        kestrel.MaxConcurrentConnections = limits.MaxConcurrentConnections == 0 ? null : limits.MaxConcurrentConnections;
     }
 
     private static X509Certificate2 LoadCertificate(TlsOptions tls)

@@ -70,6 +70,14 @@ public sealed partial class DataApi
         catch (Exception e) when (e is BadHttpRequestException or IOException && http.RequestAborted.IsCancellationRequested)
         {
         }
+        catch (BadHttpRequestException e)
+        {
+            // Kestrel rejected the body while we read it: invalid chunked encoding (400), a client too
+            // slow for Limits:MinRequestBodyDataRate (408), a body ending before Content-Length. The
+            // client's fault, so its status and a plain message, never a 500; the rest of the body
+            // cannot be trusted, so the connection closes.
+            await WriteErrorAsync(http, new HttpErrorException(e.StatusCode, e.Message, closeConnection: true));
+        }
         catch (Exception e) when (BackendErrors.Map(e, http.Request.Method) is { } backendError)
         {
             LogBackendFailed(http.Request.Method, backendError.Status, e);
@@ -260,7 +268,14 @@ public sealed partial class DataApi
         var body = Encoding.UTF8.GetBytes(error.Message + "\n");
         http.Response.ContentType = "text/plain; charset=UTF-8";
         http.Response.ContentLength = body.Length;
-        await http.Response.Body.WriteAsync(body, http.RequestAborted);
+        try
+        {
+            await http.Response.Body.WriteAsync(body, http.RequestAborted);
+        }
+        catch (Exception e) when (e is IOException or OperationCanceledException)
+        {
+            // The client went away before its error: nobody to tell.
+        }
     }
 
     /// <summary>True when the request has no body left to read.</summary>

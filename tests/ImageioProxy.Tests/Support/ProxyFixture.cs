@@ -95,7 +95,7 @@ public class ProxyFixture : IAsyncLifetime
         Control = UnixClient(ControlSocket);
     }
 
-    /// <summary>Adds or replaces services of the proxy (log capture, telemetry exporters) in subclasses.</summary>
+    /// <summary>Extra services for both hosts (a capturing ILoggerProvider, say).</summary>
     protected virtual void ConfigureServices(IServiceCollection services)
     {
     }
