@@ -13,7 +13,10 @@ FROM mcr.microsoft.com/dotnet/sdk:${DOTNET_VERSION} AS build
 WORKDIR /src
 # Restore first, from the project files only, so that source edits reuse the restore layer.
 COPY Directory.Build.props Directory.Packages.props .editorconfig ./
+# Every project ImageioProxy references (ContainerTests checks this list against the project files).
 COPY src/NbdClient/NbdClient.csproj src/NbdClient/
+COPY src/ImageioProxy.Checksums/ImageioProxy.Checksums.csproj src/ImageioProxy.Checksums/
+COPY src/ImageioProxy.Client/ImageioProxy.Client.csproj src/ImageioProxy.Client/
 COPY src/ImageioProxy/ImageioProxy.csproj src/ImageioProxy/
 RUN dotnet restore src/ImageioProxy/ImageioProxy.csproj
 COPY src/ src/

@@ -24,6 +24,32 @@ public class ContainerTests(PublishedApp app)
     }
 
     [Fact]
+    public void The_restore_layer_copies_every_project_the_service_references()
+    {
+        var dockerfile = File.ReadAllText(DeployFiles.Path("Dockerfile"));
+        var projects = new SortedSet<string>(StringComparer.Ordinal);
+        var pending = new Queue<string>([DeployFiles.Path("src/ImageioProxy/ImageioProxy.csproj")]);
+        while (pending.TryDequeue(out var project))
+        {
+            var name = Path.GetFileNameWithoutExtension(project);
+            if (!projects.Add(name))
+            {
+                continue;
+            }
+            foreach (System.Text.RegularExpressions.Match reference in System.Text.RegularExpressions.Regex.Matches(File.ReadAllText(project), "ProjectReference Include=\"([^\"]+)\""))
+            {
+                pending.Enqueue(Path.GetFullPath(Path.Combine(Path.GetDirectoryName(project)!, reference.Groups[1].Value.Replace('\\', '/'))));
+            }
+        }
+
+        projects.Should().Contain("NbdClient");
+        foreach (var name in projects)
+        {
+            dockerfile.Should().Contain($"COPY src/{name}/{name}.csproj src/{name}/", "dotnet restore in the build stage needs every project file");
+        }
+    }
+
+    [Fact]
     public void The_image_runs_as_non_root_with_exec_form_entrypoint_and_healthcheck()
     {
         var stage = DockerfileStage.ParseFinalStage(DeployFiles.Path("Dockerfile"));
