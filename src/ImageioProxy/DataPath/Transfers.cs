@@ -1,0 +1,249 @@
+using System.Buffers;
+using NbdClient;
+using NbdClient.Protocol;
+using ImageioProxy.Tickets;
+
+namespace ImageioProxy.DataPath;
+
+/// <summary>The body of a PUT ended before Content-Length bytes (imageio's PartialContent).</summary>
+public sealed class PartialContentException(long requested, long available)
+    : Exception($"Requested {requested} bytes, available {available} bytes")
+{
+    public long Requested { get; } = requested;
+    public long Available { get; } = available;
+}
+
+/// <summary>A chunked PUT body ran past the end of the ticket or the image.</summary>
+public sealed class BodyTooLongException(long limit) : Exception($"The body goes past byte {limit}")
+{
+    public long Limit { get; } = limit;
+}
+
+/// <summary>The streaming data paths between an HTTP body and an <see cref="NbdPool"/>.</summary>
+public static class Transfers
+{
+    /// <summary>PUT: reads the body into pooled chunk buffers and sends each full chunk at once with
+    /// pool.WriteAsync, without awaiting it, while the next one is read. The budgets bound the bytes in
+    /// flight, so a slow backend slows the client instead of growing memory. Returns once every write
+    /// was acknowledged. A body that ends early writes nothing of its incomplete last chunk.</summary>
+    /// <param name="length">Content-Length, or null for a chunked body.</param>
+    /// <param name="limit">For chunked bodies: the offset the body may not cross.</param>
+    public static async Task<long> UploadAsync(Stream body, NbdPool pool, long offset, long? length, long limit,
+        int chunkSize, InFlightBudgets budgets, TicketOperation operation, CancellationToken cancellationToken)
+    {
+        var pending = new List<Task>();
+        long read = 0;
+        try
+        {
+            while (length is null || read < length)
+            {
+                FailFast(pending);
+                var want = (int)Math.Min(chunkSize, length is long total ? total - read : chunkSize);
+                var taken = await budgets.AcquireAsync(want, cancellationToken);
+                var buffer = ArrayPool<byte>.Shared.Rent(want);
+                int filled;
+                try
+                {
+                    filled = await FillAsync(body, buffer.AsMemory(0, want), cancellationToken);
+                }
+                catch
+                {
+                    Recycle(buffer, taken, budgets);
+                    throw;
+                }
+                if (length is not null && filled < want)
+                {
+                    // Content-Length promised more: the incomplete chunk is dropped, not written.
+                    Recycle(buffer, taken, budgets);
+                    throw new PartialContentException(length.Value, read + filled);
+                }
+                if (filled == 0)
+                {
+                    Recycle(buffer, taken, budgets);
+                    break; // end of a chunked body
+                }
+                if (length is null && filled > limit - offset - read)
+                {
+                    Recycle(buffer, taken, budgets);
+                    throw new BodyTooLongException(limit);
+                }
+                pending.Add(WriteChunkAsync(pool, offset + read, buffer, filled, taken, budgets, operation, cancellationToken));
+                read += filled;
+                if (length is null && filled < want)
+                {
+                    break; // a chunked body ended inside this chunk
+                }
+            }
+        }
+        finally
+        {
+            // Every write sent must be acknowledged (or failed) before we answer, whatever happened.
+            await WhenAllSettled(pending);
+        }
+        await Task.WhenAll(pending); // rethrows the first failure
+        return read;
+    }
+
+    /// <summary>GET: keeps up to <paramref name="readAhead"/> reads in flight and writes them to the
+    /// response in order.</summary>
+    public static async Task DownloadAsync(Stream output, NbdPool pool, long offset, long size, int chunkSize, int readAhead,
+        InFlightBudgets budgets, TicketOperation operation, CancellationToken cancellationToken)
+    {
+        var queue = new Queue<(Task Read, byte[] Buffer, int Length, (long, long) Taken)>();
+        var next = offset;
+        var end = offset + size;
+        try
+        {
+            while (next < end || queue.Count > 0)
+            {
+                while (queue.Count < readAhead && next < end)
+                {
+                    var length = (int)Math.Min(chunkSize, end - next);
+                    var taken = await budgets.AcquireAsync(length, cancellationToken);
+                    var buffer = ArrayPool<byte>.Shared.Rent(length);
+                    queue.Enqueue((pool.ReadAsync(next, buffer.AsMemory(0, length), cancellationToken).AsTask(), buffer, length, taken));
+                    next += length;
+                }
+                var item = queue.Peek();
+                await item.Read;
+                await output.WriteAsync(item.Buffer.AsMemory(0, item.Length), cancellationToken);
+                queue.Dequeue();
+                operation.AddDone(item.Length);
+                Recycle(item.Buffer, item.Taken, budgets);
+            }
+        }
+        finally
+        {
+            while (queue.TryDequeue(out var item))
+            {
+                await WhenAllSettled([item.Read]);
+                // A canceled read may still be filling the buffer: let the GC have it.
+                if (item.Read.IsCompletedSuccessfully)
+                {
+                    ArrayPool<byte>.Shared.Return(item.Buffer);
+                }
+                budgets.Release(item.Taken);
+            }
+        }
+    }
+
+    /// <summary>PATCH zero: WRITE_ZEROES in steps of <paramref name="step"/>, several in flight. A
+    /// sparse ticket lets the server punch holes; otherwise NO_HOLE keeps the range allocated. Servers
+    /// without WRITE_ZEROES get zero-filled writes instead (imageio answers 500 there).</summary>
+    public static async Task ZeroAsync(NbdPool pool, long offset, long size, bool sparse, long step, int chunkSize,
+        TicketOperation operation, CancellationToken cancellationToken)
+    {
+        const int MaxInFlight = 8;
+        var pending = new Queue<Task>();
+        var canZero = pool.Export.CanWriteZeroes;
+        var flags = sparse ? NbdCommandFlags.None : NbdCommandFlags.NoHole;
+        var zeroes = canZero ? null : new byte[chunkSize];
+        if (!canZero)
+        {
+            step = chunkSize;
+        }
+        try
+        {
+            for (var done = 0L; done < size;)
+            {
+                var length = Math.Min(step, size - done);
+                var at = offset + done;
+                var write = canZero
+                    ? pool.WriteZeroesAsync(at, length, flags, cancellationToken).AsTask()
+                    : pool.WriteAsync(at, zeroes.AsMemory(0, (int)length), NbdCommandFlags.None, cancellationToken).AsTask();
+                pending.Enqueue(CountAsync(write, operation, length));
+                done += length;
+                if (pending.Count >= MaxInFlight)
+                {
+                    await pending.Dequeue();
+                }
+            }
+        }
+        finally
+        {
+            await WhenAllSettled(pending);
+        }
+        await Task.WhenAll(pending);
+    }
+
+    /// <summary>The flush barrier (every write acknowledged before it reaches stable storage), or just
+    /// the drain when the server cannot flush: imageio then skips the flush silently.</summary>
+    public static async Task FlushAsync(NbdPool pool, CancellationToken cancellationToken)
+    {
+        if (pool.Export.CanFlush)
+        {
+            await pool.FlushAsync(cancellationToken);
+        }
+        else
+        {
+            await pool.DrainAsync(cancellationToken);
+        }
+    }
+
+    private static async Task CountAsync(Task write, TicketOperation operation, long length)
+    {
+        await write;
+        operation.AddDone(length);
+    }
+
+    private static async Task WriteChunkAsync(NbdPool pool, long offset, byte[] buffer, int length, (long, long) taken,
+        InFlightBudgets budgets, TicketOperation operation, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await pool.WriteAsync(offset, buffer.AsMemory(0, length), NbdCommandFlags.None, cancellationToken);
+            operation.AddDone(length);
+            // Only now: on failure or cancellation the request may still reference the buffer.
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+        finally
+        {
+            budgets.Release(taken);
+        }
+    }
+
+    private static async ValueTask<int> FillAsync(Stream body, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        var filled = 0;
+        while (filled < buffer.Length)
+        {
+            var n = await body.ReadAsync(buffer[filled..], cancellationToken);
+            if (n == 0)
+            {
+                break;
+            }
+            filled += n;
+        }
+        return filled;
+    }
+
+    private static void FailFast(List<Task> pending)
+    {
+        foreach (var task in pending)
+        {
+            if (task.IsFaulted || task.IsCanceled)
+            {
+                task.GetAwaiter().GetResult(); // stop reading the body at the first failed write
+            }
+        }
+        pending.RemoveAll(t => t.IsCompletedSuccessfully);
+    }
+
+    private static void Recycle(byte[] buffer, (long, long) taken, InFlightBudgets budgets)
+    {
+        ArrayPool<byte>.Shared.Return(buffer);
+        budgets.Release(taken);
+    }
+
+    private static async Task WhenAllSettled(IEnumerable<Task> tasks)
+    {
+        try
+        {
+            await Task.WhenAll(tasks);
+        }
+        catch
+        {
+            // Observed by the caller's own await.
+        }
+    }
+}
