@@ -110,45 +110,84 @@ internal sealed record BenchOptions(long Size, int Pairs, string Directory, stri
     }
 }
 
-/// <summary>What a real uploader does: read the source in chunks with several reads in flight, send
-/// all-zero chunks as WRITE_ZEROES and the rest as WRITE, pipelined over the pool, then flush.</summary>
-internal static class Copier
+/// <summary>What a real uploader does: walk the source's data and holes (SEEK_DATA/SEEK_HOLE, as nbdcopy
+/// does for files), read data in chunks into a fixed set of buffers, send all-zero chunks as WRITE_ZEROES
+/// and the rest as WRITE, pipelined over the pool, send holes as WRITE_ZEROES, then flush.</summary>
+internal static partial class Copier
 {
     public static async Task CopyAsync(string source, NbdEndpoint endpoint, BenchOptions options)
     {
         await using var pool = await NbdPool.ConnectAsync(endpoint, new NbdPoolOptions { MaxConnections = options.Connections });
         using var file = File.OpenHandle(source, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.Asynchronous);
         var size = RandomAccess.GetLength(file);
-        var window = new SemaphoreSlim((int)Math.Max(1, options.InFlightBytes / options.Chunk));
+        var buffers = new System.Collections.Concurrent.ConcurrentBag<byte[]>();
+        var count = (int)Math.Max(1, options.InFlightBytes / options.Chunk);
+        for (var i = 0; i < count; i++)
+            buffers.Add(GC.AllocateUninitializedArray<byte>(options.Chunk, pinned: true));
+        var window = new SemaphoreSlim(count);
         var pending = new List<Task>();
         Exception? failure = null;
-        for (long offset = 0; offset < size && failure is null; offset += options.Chunk)
+        foreach (var (start, length, data) in Segments(file, size))
         {
-            await window.WaitAsync();
-            var length = (int)Math.Min(options.Chunk, size - offset);
-            var buffer = ArrayPool<byte>.Shared.Rent(length);
-            var read = await RandomAccess.ReadAsync(file, buffer.AsMemory(0, length), offset);
-            if (read != length)
-                throw new IOException($"short read at {offset}");
-            var data = buffer.AsMemory(0, length);
-            var task = data.Span.IndexOfAnyExcept((byte)0) < 0
-                ? pool.WriteZeroesAsync(offset, length).AsTask()
-                : pool.WriteAsync(offset, data).AsTask();
-            pending.Add(task.ContinueWith(t =>
+            if (!data)
             {
-                ArrayPool<byte>.Shared.Return(buffer);
-                window.Release();
-                if (t.Exception is not null)
-                    failure ??= t.Exception.InnerException;
-            }, TaskScheduler.Default));
-            if (pending.Count > 1024)
-                pending.RemoveAll(t => t.IsCompleted);
+                pending.Add(pool.WriteZeroesAsync(start, length).AsTask());
+                continue;
+            }
+            for (var offset = start; offset < start + length && failure is null; offset += options.Chunk)
+            {
+                await window.WaitAsync();
+                var chunk = (int)Math.Min(options.Chunk, start + length - offset);
+                buffers.TryTake(out var buffer);
+                var read = await RandomAccess.ReadAsync(file, buffer.AsMemory(0, chunk), offset);
+                if (read != chunk)
+                    throw new IOException($"short read at {offset}");
+                var memory = buffer.AsMemory(0, chunk);
+                var task = memory.Span.IndexOfAnyExcept((byte)0) < 0
+                    ? pool.WriteZeroesAsync(offset, chunk).AsTask()
+                    : pool.WriteAsync(offset, memory).AsTask();
+                pending.Add(task.ContinueWith(t =>
+                {
+                    buffers.Add(buffer!);
+                    window.Release();
+                    if (t.Exception is not null)
+                        failure ??= t.Exception.InnerException;
+                }, TaskScheduler.Default));
+                if (pending.Count > 1024)
+                    pending.RemoveAll(t => t.IsCompleted);
+            }
         }
         await Task.WhenAll(pending);
         if (failure is not null)
             throw failure;
         await pool.FlushAsync();
     }
+
+    /// <summary>Data and hole segments of a file, from lseek(SEEK_DATA/SEEK_HOLE).</summary>
+    private static IEnumerable<(long Start, long Length, bool Data)> Segments(Microsoft.Win32.SafeHandles.SafeFileHandle file, long size)
+    {
+        var fd = (int)file.DangerousGetHandle();
+        for (long at = 0; at < size;)
+        {
+            var data = LSeek(fd, at, SeekData);
+            if (data < 0 || data >= size)
+            {
+                yield return (at, size - at, false);
+                yield break;
+            }
+            if (data > at)
+                yield return (at, data - at, false);
+            var hole = Math.Min(LSeek(fd, data, SeekHole), size);
+            yield return (data, hole - data, true);
+            at = hole;
+        }
+    }
+
+    private const int SeekData = 3;
+    private const int SeekHole = 4;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "lseek", SetLastError = true)]
+    private static partial long LSeek(int fd, long offset, int whence);
 }
 
 internal static class ImageFactory
