@@ -99,3 +99,17 @@ public sealed class BackendOptions
     /// <summary>NBD connections per ticket when the export allows multi-conn.</summary>
     public int NbdConnections { get; set; } = 4;
 }
+
+/// <summary>Kestrel tuning of the data listeners (docs/benchmarks.md says what each one gained).</summary>
+public sealed class HttpOptions
+{
+    public const string Section = "Http";
+
+    /// <summary>Bytes per block of Kestrel's memory pool, which is the most one socket receive can
+    /// return. Kestrel's own pool has 4 KiB blocks and receives about 2 KiB at a time; 0 keeps it.</summary>
+    public int PoolBlockSize { get; set; } = 64 * 1024;
+
+    /// <summary>Kestrel's MaxRequestBufferSize: request bytes buffered before Kestrel stops reading
+    /// the socket (back-pressure).</summary>
+    public long MaxRequestBufferSize { get; set; } = 1024 * 1024;
+}
