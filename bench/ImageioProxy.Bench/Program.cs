@@ -59,6 +59,7 @@ internal sealed partial class Suite(BenchSettings settings)
             "-out", settings.CertFile, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"], cancellationToken);
         Log($"source {_source}: {settings.Size / MiB} MiB of random data; {settings.Pairs} rounds per scenario");
 
+        if (settings.Only.Contains("AB")) await AbAsync(cancellationToken);
         if (settings.Runs("S1")) await S1Async(cancellationToken);
         if (settings.Runs("S2")) await S2Async(cancellationToken);
         if (settings.Runs("S3")) await S3Async(cancellationToken);
@@ -89,6 +90,21 @@ internal sealed partial class Suite(BenchSettings settings)
                 new("nbdcopy → qemu-nbd (the limit)", (round, ct) => NbdcopyUploadAsync(_source, Dir, round, ct)),
                 new("sink, curl PUT (HTTP ceiling)", (round, ct) => SinkCurlUploadAsync(tls: false, ct)),
             ]) { TargetRatio = 0.90 };
+        await CompareAsync(result, cancellationToken);
+    }
+
+    /// <summary>Not part of the default run: one tuning's gain, S1 with and without it, alternated.</summary>
+    private async Task AbAsync(CancellationToken cancellationToken)
+    {
+        var b = new ProxyVariant(settings.BArgs, settings.BEnvironment, settings.BProxyPath);
+        var description = string.Join(' ', settings.BArgs.Concat(settings.BEnvironment.Select(e => $"{e.Key}={e.Value}"))
+            .Concat(settings.BProxyPath is null ? [] : [$"proxy {settings.BProxyPath}"]));
+        var tls = settings.Only.Contains("AB-TLS");
+        var result = new ComparisonResult("AB", $"S1{(tls ? " over HTTPS" : "")} with `{description}` (B) vs without (A)", "B / A",
+            [
+                new("B: with", (round, ct) => ProxyCurlUploadAsync(round, tls, unix: false, ct, variant: b)),
+                new("A: without", (round, ct) => ProxyCurlUploadAsync(round, tls, unix: false, ct)),
+            ]);
         await CompareAsync(result, cancellationToken);
     }
 
@@ -232,14 +248,14 @@ internal sealed partial class Suite(BenchSettings settings)
     // Runs
 
     private async Task<Measurement> ProxyCurlUploadAsync(int round, bool tls, bool unix, CancellationToken cancellationToken,
-        string? source = null, string? targetDir = null)
+        string? source = null, string? targetDir = null, ProxyVariant? variant = null)
     {
         source ??= _source;
         var size = new FileInfo(source).Length;
         var target = FreshTarget(targetDir ?? Dir, size);
         await using var qemu = await QemuNbd.StartAsync(target, NbdSocket, readOnly: false, cancellationToken);
         Measurement measurement;
-        await using (var proxy = await ProxyProcess.StartAsync(settings, NbdSocket, size, tls, cancellationToken))
+        await using (var proxy = await ProxyProcess.StartAsync(settings, NbdSocket, size, tls, cancellationToken, variant))
         {
             var (url, curlArgs) = unix ? (proxy.LocalUrl, new[] { "--unix-socket", proxy.LocalSocket }) : (proxy.Url.ToString(), TlsArgs(tls));
             await WarmUpAsync(url, curlArgs, cancellationToken);

@@ -41,7 +41,7 @@ internal sealed class ProxyProcess(ChildProcess process, int port, string localS
     public string LocalUrl { get; } = $"http://localhost/images/{ticketId}";
 
     public static async Task<ProxyProcess> StartAsync(BenchSettings settings, string nbdSocket, long size, bool tls,
-        CancellationToken cancellationToken, IEnumerable<string>? extraArgs = null)
+        CancellationToken cancellationToken, ProxyVariant? variant = null)
     {
         var dir = settings.WorkDirectory;
         var ticketId = Guid.NewGuid().ToString();
@@ -71,8 +71,16 @@ internal sealed class ProxyProcess(ChildProcess process, int port, string localS
             args.Add($"--Tls:KeyFile={settings.KeyFile}");
         }
         args.AddRange(settings.ProxyArgs);
-        args.AddRange(extraArgs ?? []);
-        var process = ChildProcess.Start(settings.ProxyPath, args, settings.ProxyEnvironment);
+        var environment = new Dictionary<string, string>(settings.ProxyEnvironment);
+        if (variant is not null)
+        {
+            args.AddRange(variant.Args);
+            foreach (var (key, value) in variant.Environment)
+            {
+                environment[key] = value;
+            }
+        }
+        var process = ChildProcess.Start(variant?.ProxyPath ?? settings.ProxyPath, args, environment);
         try
         {
             await process.WaitForTcpPortAsync(port, cancellationToken);
@@ -127,3 +135,7 @@ internal sealed class SinkProcess(ChildProcess process, int port, bool tls) : IA
 
     public ValueTask DisposeAsync() => Process.DisposeAsync();
 }
+
+/// <summary>Settings on top of the suite's, for the A/B comparison of one tuning (scenario AB).</summary>
+/// <param name="ProxyPath">Another build of the proxy, e.g. the commit before a change.</param>
+internal sealed record ProxyVariant(IReadOnlyList<string> Args, IReadOnlyDictionary<string, string> Environment, string? ProxyPath = null);

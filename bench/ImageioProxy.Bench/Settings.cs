@@ -24,6 +24,13 @@ internal sealed record BenchSettings
 
     public HashSet<string> Only { get; init; } = [];
 
+    /// <summary>Scenario AB: S1 with the suite's settings (A) against S1 with these on top (B).</summary>
+    public List<string> BArgs { get; init; } = [];
+
+    public Dictionary<string, string> BEnvironment { get; init; } = [];
+
+    public string? BProxyPath { get; init; }
+
     public string? Markdown { get; init; }
 
     public string? Json { get; init; }
@@ -57,7 +64,10 @@ internal sealed record BenchSettings
                 "--pairs" => settings with { Pairs = int.Parse(Next(), CultureInfo.InvariantCulture) },
                 "--proxy-arg" => settings with { ProxyArgs = [.. settings.ProxyArgs, Next()] },
                 "--sink-arg" => settings with { SinkArgs = [.. settings.SinkArgs, Next()] },
-                "--proxy-env" => WithEnvironment(settings, Next()),
+                "--proxy-env" => settings with { ProxyEnvironment = With(settings.ProxyEnvironment, Next()) },
+                "--b-arg" => settings with { BArgs = [.. settings.BArgs, Next()] },
+                "--b-proxy" => settings with { BProxyPath = Next() },
+                "--b-env" => settings with { BEnvironment = With(settings.BEnvironment, Next()) },
                 "--only" => settings with { Only = [.. Next().Split(',', StringSplitOptions.RemoveEmptyEntries)] },
                 "--markdown" => settings with { Markdown = Next() },
                 "--json" => settings with { Json = Next() },
@@ -74,14 +84,13 @@ internal sealed record BenchSettings
         return settings;
     }
 
-    private static BenchSettings WithEnvironment(BenchSettings settings, string assignment)
+    private static Dictionary<string, string> With(Dictionary<string, string> environment, string assignment)
     {
         var equals = assignment.IndexOf('=', StringComparison.Ordinal);
         if (equals <= 0)
         {
-            throw new ArgumentException($"--proxy-env wants NAME=VALUE, not {assignment}");
+            throw new ArgumentException($"environment settings are NAME=VALUE, not {assignment}");
         }
-        var environment = new Dictionary<string, string>(settings.ProxyEnvironment) { [assignment[..equals]] = assignment[(equals + 1)..] };
-        return settings with { ProxyEnvironment = environment };
+        return new Dictionary<string, string>(environment) { [assignment[..equals]] = assignment[(equals + 1)..] };
     }
 }
