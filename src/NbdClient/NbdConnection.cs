@@ -190,7 +190,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
             var part = buffer.Slice(at, Math.Min(max, buffer.Length - at));
             parts.Add(SubmitAsync(new NbdRequest(NbdCommand.Read, flags, offset + at, (uint)part.Length) { Destination = part }, cancellationToken));
         }
-        return new ValueTask(WhenAllAsync(parts));
+        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
     }
 
     /// <summary>Writes data at offset (split above the maximum payload). Completes when the server acknowledged every part.</summary>
@@ -209,7 +209,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
             var part = data.Slice(at, Math.Min(max, data.Length - at));
             parts.Add(SubmitAsync(new NbdRequest(NbdCommand.Write, flags, offset + at, (uint)part.Length) { Payload = part }, cancellationToken));
         }
-        return new ValueTask(WhenAllAsync(parts));
+        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
     }
 
     public ValueTask WriteZeroesAsync(long offset, long length, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
@@ -237,7 +237,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
         var parts = new List<Task>();
         for (var at = 0L; at < length; at += max)
             parts.Add(SubmitAsync(new NbdRequest(command, flags, offset + at, (uint)Math.Min(max, length - at)), cancellationToken));
-        return new ValueTask(WhenAllAsync(parts));
+        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
     }
 
     /// <summary>NBD_CMD_FLUSH on this connection: every write acknowledged before it is on stable storage.</summary>
@@ -289,24 +289,6 @@ public sealed partial class NbdConnection : IAsyncDisposable
     /// Throws if one of them failed.</summary>
     public ValueTask DrainWritesAsync(CancellationToken cancellationToken = default)
         => new(_writes.WaitForOutstandingAsync(cancellationToken));
-
-    private static async Task WhenAllAsync(List<Task> parts)
-    {
-        try
-        {
-            await Task.WhenAll(parts).ConfigureAwait(false);
-        }
-        catch
-        {
-            // Report the first failure in offset order, not an AggregateException.
-            foreach (var part in parts)
-            {
-                if (part.IsFaulted)
-                    await part.ConfigureAwait(false);
-            }
-            throw;
-        }
-    }
 
     private void CheckRequest(NbdCommand command, NbdCommandFlags flags, long offset, long length)
     {

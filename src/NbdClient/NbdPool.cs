@@ -138,8 +138,7 @@ public sealed class NbdPool : IAsyncDisposable
         var max = Export.MaximumPayload;
         if (buffer.Length <= max)
         {
-            var connection = await GetConnectionAsync(cancellationToken).ConfigureAwait(false);
-            await connection.ReadAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
+            await ReadPartAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
             return;
         }
         var parts = new List<Task>();
@@ -149,7 +148,7 @@ public sealed class NbdPool : IAsyncDisposable
             var partOffset = offset + at;
             parts.Add(ReadPartAsync(partOffset, part, cancellationToken));
         }
-        await WhenAllInOrderAsync(parts).ConfigureAwait(false);
+        await Tasks.WhenAllInOrderAsync(parts).ConfigureAwait(false);
     }
 
     private async Task ReadPartAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
@@ -171,7 +170,7 @@ public sealed class NbdPool : IAsyncDisposable
             var part = data.Slice(at, Math.Min(max, data.Length - at));
             parts.Add(WriteLikeAsync(NbdCommand.Write, flags, offset + at, part, part.Length, cancellationToken));
         }
-        return new ValueTask(WhenAllInOrderAsync(parts));
+        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
     }
 
     public ValueTask WriteZeroesAsync(long offset, long length, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
@@ -191,7 +190,7 @@ public sealed class NbdPool : IAsyncDisposable
         var parts = new List<Task>();
         for (var at = 0L; at < length; at += step)
             parts.Add(WriteLikeAsync(command, flags, offset + at, default, Math.Min(step, length - at), cancellationToken));
-        await WhenAllInOrderAsync(parts).ConfigureAwait(false);
+        await Tasks.WhenAllInOrderAsync(parts).ConfigureAwait(false);
     }
 
     /// <summary>One write-like request: numbered for the flush barrier, ordered after overlapping
@@ -400,23 +399,6 @@ public sealed class NbdPool : IAsyncDisposable
         {
             lock (_lock)
                 _reconnecting = null;
-        }
-    }
-
-    private static async Task WhenAllInOrderAsync(List<Task> parts)
-    {
-        try
-        {
-            await Task.WhenAll(parts).ConfigureAwait(false);
-        }
-        catch
-        {
-            foreach (var part in parts)
-            {
-                if (part.IsFaulted)
-                    await part.ConfigureAwait(false);
-            }
-            throw;
         }
     }
 

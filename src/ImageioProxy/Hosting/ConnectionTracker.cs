@@ -58,7 +58,7 @@ public sealed partial class ConnectionTracker : IAsyncDisposable
     private readonly ILogger<ConnectionTracker> _logger;
     private readonly ITimer _timer;
 
-    public ConnectionTracker(TimeProvider time, TicketStore tickets, IOptions<DaemonOptions> daemon, ILogger<ConnectionTracker> logger)
+    public ConnectionTracker([FromKeyedServices(ProxyServer.ClockKey)] TimeProvider time, TicketStore tickets, IOptions<DaemonOptions> daemon, ILogger<ConnectionTracker> logger)
     {
         _time = time;
         _tickets = tickets;

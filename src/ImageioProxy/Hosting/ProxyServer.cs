@@ -19,6 +19,10 @@ namespace ImageioProxy.Hosting;
 /// that control routes can never be reached from a data listener; they share the ticket store.</summary>
 public sealed partial class ProxyServer : IAsyncDisposable
 {
+    /// <summary>Service key of the TimeProvider used for ticket expiry and inactivity. It is keyed so that
+    /// a test clock never reaches Kestrel, which also takes TimeProvider from the container.</summary>
+    public const string ClockKey = "ImageioProxy.Clock";
+
     private readonly WebApplication _data;
     private readonly WebApplication? _control;
     private readonly ILogger<ProxyServer> _logger;
@@ -50,7 +54,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
     /// <summary>Builds both hosts. <paramref name="configure"/> lets tests and the serve-image command add
     /// configuration on top of appsettings.json, the environment and <paramref name="args"/>.</summary>
     public static ProxyServer Create(string[] args, Action<IConfigurationBuilder>? configure = null,
-        Action<IServiceCollection>? services = null)
+        Action<IServiceCollection>? services = null, TimeProvider? clock = null)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
         {
@@ -70,7 +74,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
         builder.Services.Configure<BackendOptions>(config.GetSection(BackendOptions.Section));
         var httpTuning = config.GetSection(HttpOptions.Section).Get<HttpOptions>() ?? new();
         KestrelTuning.AddServices(builder.Services, httpTuning);
-        builder.Services.AddSingleton(TimeProvider.System);
+        builder.Services.AddKeyedSingleton(ClockKey, clock ?? TimeProvider.System);
         builder.Services.AddSingleton<TicketStore>();
         builder.Services.AddSingleton<ConnectionTracker>();
         builder.Services.AddSingleton<DataApi>();
@@ -88,8 +92,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
             kestrel.AddServerHeader = false;
             // Bodies are bounded by the ticket's range, not by a global size (ecosystem.md §1.6).
             kestrel.Limits.MaxRequestBodySize = null;
-            // Inactivity is enforced per ticket by ConnectionTracker (imageio-api.md §2).
-            kestrel.Limits.KeepAliveTimeout = Timeout.InfiniteTimeSpan;
+            // Inactivity is enforced per ticket by ConnectionTracker (imageio-api.md §2). Not
+            // InfiniteTimeSpan: Kestrel maps it to TimeSpan.MaxValue, and "now + MaxValue" overflows in
+            // its timeout arithmetic, closing idle keep-alive connections at the next heartbeat.
+            kestrel.Limits.KeepAliveTimeout = TimeSpan.FromDays(30);
             KestrelTuning.ApplyLimits(kestrel, httpTuning);
             ConnectionDelegate Track(ConnectionDelegate next) => kestrel.ApplicationServices.GetRequiredService<ConnectionTracker>().Middleware(next);
             if (remote.Enable)

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using ImageioProxy.Configuration;
 using ImageioProxy.DataPath;
+using ImageioProxy.Hosting;
 using ImageioProxy.Http;
 using Microsoft.Extensions.Options;
 using NbdClient;
@@ -19,7 +20,7 @@ public sealed partial class TicketStore : IAsyncDisposable
     private readonly NbdPoolOptions _poolOptions;
     private readonly List<Task> _closing = [];
 
-    public TicketStore(TimeProvider time, IOptions<BackendOptions> backend, IOptions<DaemonOptions> daemon,
+    public TicketStore([FromKeyedServices(ProxyServer.ClockKey)] TimeProvider time, IOptions<BackendOptions> backend, IOptions<DaemonOptions> daemon,
         IOptions<ControlOptions> control, ILoggerFactory loggerFactory)
     {
         _time = time;

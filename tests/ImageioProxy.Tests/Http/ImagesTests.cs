@@ -246,6 +246,22 @@ public class ImagesTests(ProxyFixture fixture) : IClassFixture<ProxyFixture>
     }
 
     [Fact]
+    public async Task Idle_keep_alive_connection_survives_kestrel_heartbeats()
+    {
+        // Regression: KeepAliveTimeout=InfiniteTimeSpan overflowed in Kestrel and closed idle
+        // connections at the next 1 s heartbeat; virt-v2v keeps its 4 connections idle between requests.
+        var id = await fixture.AddTicketAsync();
+        await using var http = await RawHttp.ConnectAsync(fixture.RemoteUri);
+        await http.SendAsync($"OPTIONS /images/{id} HTTP/1.1\nHost: test\n\n");
+        (await http.ReadResponseAsync()).Status.Should().Be(200);
+
+        (await http.IsClosedByServerAsync(TimeSpan.FromSeconds(2.5))).Should().BeFalse();
+        await http.SendAsync($"OPTIONS /images/{id} HTTP/1.1\nHost: test\n\n");
+
+        (await http.ReadResponseAsync()).Status.Should().Be(200);
+    }
+
+    [Fact]
     public async Task Info_reports_the_imageio_version_with_and_without_the_slash()
     {
         var slash = await fixture.CurlAsync($"{fixture.RemoteUri}info/");

@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Net.Http.Json;
 using System.Net.Sockets;
 using ImageioProxy.Hosting;
-using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Configuration;
 
 namespace ImageioProxy.Tests.Support;
@@ -89,13 +88,7 @@ public class ProxyFixture : IAsyncLifetime
         {
             settings[key] = value;
         }
-        Server = ProxyServer.Create([], config => config.AddInMemoryCollection(settings), services =>
-        {
-            if (_time is not null)
-            {
-                services.AddSingleton(_time);
-            }
-        });
+        Server = ProxyServer.Create([], config => config.AddInMemoryCollection(settings), clock: _time);
         await Server.StartAsync();
         Data = new HttpClient { BaseAddress = RemoteUri };
         Control = UnixClient(ControlSocket);

@@ -69,9 +69,9 @@ public sealed class RawHttp : IAsyncDisposable
             var buffer = new byte[1];
             return await _stream.ReadAsync(buffer, timeout.Token) == 0;
         }
-        catch (OperationCanceledException)
+        catch (Exception e) when (e is OperationCanceledException or IOException && timeout.IsCancellationRequested)
         {
-            return false;
+            return false; // still open when the wait ended
         }
         catch (IOException)
         {
