@@ -35,6 +35,9 @@ internal sealed class ComparisonResult(string id, string title, string target, I
 
     public double? TargetRatio { get; init; }
 
+    /// <summary>M8's target: the proxy's peak RSS at most this many bytes.</summary>
+    public long? PeakRssLimit { get; init; }
+
     public Measurement Median(int variant) => MedianBy(variant, m => m.Rate);
 
     public double MedianRate(int variant) => MedianOf(Rounds.Select(r => r[variant].Rate));
@@ -58,7 +61,8 @@ internal sealed class ComparisonResult(string id, string title, string target, I
 
     public double MedianRatio(int baseline) => MedianOf(Ratios(baseline));
 
-    public bool? Met => TargetRatio is double t ? MedianRatio(1) >= t : null;
+    public bool? Met => TargetRatio is double t ? MedianRatio(1) >= t
+        : PeakRssLimit is long limit && MaxPeakRss(0) is long rss ? rss <= limit : null;
 
     public static double MedianOf(IEnumerable<double> values)
     {

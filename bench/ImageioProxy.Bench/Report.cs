@@ -55,6 +55,13 @@ internal static class Report
         {
             text.AppendLine($"- {note}");
         }
+        foreach (var (id, limit) in new[] { ("S1", 0.2), ("S3", 0.6) })
+        {
+            if (results.FirstOrDefault(r => r.Id == id) is { } r && r.MedianCpuPerGiB(0) is double cpu)
+            {
+                text.AppendLine($"- Efficiency {id}: {F(cpu)} proxy CPU-s/GiB against a target of ≤ {F(limit, "0.0")}: {(cpu <= limit ? "met" : "**not met**")}.");
+            }
+        }
         var sinkCpu = results.SelectMany(r => r.Variants.Select((v, i) => (r, v, i)))
             .Where(x => x.v.Name.StartsWith("sink, curl", StringComparison.Ordinal) && x.r.MedianCpuPerGiB(x.i) is not null)
             .Select(x => $"{x.v.Name}: {F(x.r.MedianCpuPerGiB(x.i)!.Value)} CPU-s/GiB, peak RSS {x.r.MaxPeakRss(x.i) >> 20} MiB");
