@@ -438,10 +438,12 @@ internal sealed partial class Suite(BenchSettings settings)
     private async Task WarmUpOverTcpAsync(Uri url, CancellationToken cancellationToken, bool downloads = false)
     {
         var body = await File.ReadAllBytesAsync(Path.Combine(Dir, "warm.raw"), cancellationToken);
+        // Trust exactly the suite's own self-signed certificate.
+        using var expected = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPemFile(settings.CertFile);
+        var thumbprint = expected.GetCertHashString();
         using var handler = new SocketsHttpHandler
         {
-            // The suite's own self-signed certificate.
-            SslOptions = { RemoteCertificateValidationCallback = (_, _, _, _) => true },
+            SslOptions = { RemoteCertificateValidationCallback = (_, certificate, _, _) => certificate?.GetCertHashString() == thumbprint },
         };
         using var client = new HttpClient(handler);
         var target = new UriBuilder(url) { Query = "flush=n" }.Uri;
