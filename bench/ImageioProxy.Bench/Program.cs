@@ -439,7 +439,7 @@ internal sealed partial class Suite(BenchSettings settings)
     {
         var body = await File.ReadAllBytesAsync(Path.Combine(Dir, "warm.raw"), cancellationToken);
         // Trust exactly the suite's own self-signed certificate.
-        using var expected = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPemFile(settings.CertFile);
+        using var expected = System.Security.Cryptography.X509Certificates.X509CertificateLoader.LoadCertificateFromFile(settings.CertFile);
         var thumbprint = expected.GetCertHashString();
         using var handler = new SocketsHttpHandler
         {
@@ -449,15 +449,17 @@ internal sealed partial class Suite(BenchSettings settings)
         var target = new UriBuilder(url) { Query = "flush=n" }.Uri;
         for (var i = 0; i < 40; i++)
         {
-            using var content = new ByteArrayContent(body);
-            using var response = await client.PutAsync(target, content, cancellationToken);
-            response.EnsureSuccessStatusCode();
             if (downloads)
             {
+                // S5's export is read-only: GETs only.
                 using var get = new HttpRequestMessage(HttpMethod.Get, url) { Headers = { Range = new(0, body.Length - 1) } };
                 using var got = await client.SendAsync(get, cancellationToken);
                 await got.EnsureSuccessStatusCode().Content.CopyToAsync(Stream.Null, cancellationToken);
+                continue;
             }
+            using var content = new ByteArrayContent(body);
+            using var response = await client.PutAsync(target, content, cancellationToken);
+            response.EnsureSuccessStatusCode();
         }
     }
 
