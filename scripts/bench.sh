@@ -40,6 +40,6 @@ while [ $# -gt 0 ]; do
 done
 if [ -n "$markdown" ]; then args+=(--markdown "$markdown"); fi
 
-dotnet build bench/ImageioProxy.Bench -c Release -nologo -clp:ErrorsOnly >/dev/null
+dotnet build bench/ImageioProxy.Bench -c Release -nologo -v quiet -clp:ErrorsOnly 1>&2
 exec dotnet bench/ImageioProxy.Bench/bin/Release/net10.0/ImageioProxy.Bench.dll \
   --proxy src/ImageioProxy/bin/Release/net10.0/ImageioProxy "${args[@]}"

@@ -26,4 +26,10 @@ internal static partial class Log
 
     [LoggerMessage(1102, LogLevel.Information, "NBD pool for {Endpoint}: replaced a dead connection")]
     public static partial void Reconnected(ILogger logger, string endpoint);
+
+    [LoggerMessage(1103, LogLevel.Error, "NBD pool for {Endpoint}: circuit opened after repeated connection failures; requests fail at once for {BreakSeconds} s (last error: {Message})")]
+    public static partial void CircuitOpened(ILogger logger, string endpoint, double breakSeconds, string message);
+
+    [LoggerMessage(1104, LogLevel.Information, "NBD pool for {Endpoint}: circuit closed, the server accepts connections again")]
+    public static partial void CircuitClosed(ILogger logger, string endpoint);
 }

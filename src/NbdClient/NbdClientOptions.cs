@@ -68,4 +68,16 @@ public sealed record NbdPoolOptions
 
     /// <summary>Cap on the back-off delay between reconnect attempts.</summary>
     public TimeSpan ReconnectMaxDelay { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Circuit breaker on reconnects: after this many failed connection attempts in a row (within
+    /// <see cref="BreakerSamplingDuration"/>), requests that need a new connection fail at once with
+    /// <see cref="NbdConnectionFailure.CircuitOpen"/> for <see cref="BreakerBreakDuration"/>; then one attempt
+    /// probes the server again. 0 disables the breaker; otherwise at least 2 (Polly's minimum throughput).</summary>
+    public int BreakerFailureThreshold { get; init; } = 3;
+
+    /// <summary>Window in which the failed attempts are counted (at least 0.5 s).</summary>
+    public TimeSpan BreakerSamplingDuration { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long an open circuit fails requests before probing again (at least 0.5 s).</summary>
+    public TimeSpan BreakerBreakDuration { get; init; } = TimeSpan.FromSeconds(5);
 }

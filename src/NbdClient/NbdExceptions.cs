@@ -46,6 +46,9 @@ public enum NbdConnectionFailure
     RequestTimeout,
     /// <summary>The connection was closed by this client.</summary>
     Closed,
+    /// <summary>Recent connection attempts all failed, so the pool does not try again until
+    /// <see cref="NbdConnectionException.RetryAfter"/> has passed (circuit breaker open).</summary>
+    CircuitOpen,
 }
 
 /// <summary>Base class of every error raised by NbdClient.</summary>
@@ -68,6 +71,9 @@ public sealed class NbdConnectionException : NbdException
 
     public NbdConnectionFailure Reason { get; }
     public NbdPhase Phase { get; }
+
+    /// <summary>For <see cref="NbdConnectionFailure.CircuitOpen"/>: when the pool will try to connect again.</summary>
+    public TimeSpan? RetryAfter { get; init; }
 }
 
 /// <summary>The server answered a request with an error; the connection stays usable.</summary>

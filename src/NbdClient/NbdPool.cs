@@ -5,6 +5,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using NbdClient.Internal;
 using NbdClient.Protocol;
 using Polly;
+using Polly.CircuitBreaker;
 using Polly.Retry;
 
 namespace NbdClient;
@@ -49,6 +50,10 @@ public sealed class NbdPool : IAsyncDisposable
         _target = Export.CanMultiConn ? Math.Max(1, options.MaxConnections) : 1;
         _connections.Add(first);
 
+        // Retry outside, circuit breaker inside: the breaker counts single connection attempts, and
+        // once it is open the retry is not tried again (BrokenCircuitException is not handled), so a dead
+        // server fails requests at once instead of making each wait for a whole back-off sequence
+        // (ecosystem.md §4.4: "circuit breaker per qemu-nbd socket").
         var builder = new ResiliencePipelineBuilder { TimeProvider = options.Connection.TimeProvider };
         if (options.ReconnectAttempts > 1)
         {
@@ -66,6 +71,32 @@ public sealed class NbdPool : IAsyncDisposable
                 OnRetry = args =>
                 {
                     Log.ReconnectFailed(_logger, _endpoint.ToString(), args.AttemptNumber + 1, args.Outcome.Exception?.Message ?? "?");
+                    return default;
+                },
+            });
+        }
+        if (options.BreakerFailureThreshold > 0)
+        {
+            builder.AddCircuitBreaker(new CircuitBreakerStrategyOptions
+            {
+                // Open only when every attempt in the window failed, and at least the threshold did:
+                // one good connection in between keeps the circuit closed.
+                FailureRatio = 1.0,
+                MinimumThroughput = Math.Max(2, options.BreakerFailureThreshold),
+                SamplingDuration = options.BreakerSamplingDuration,
+                BreakDuration = options.BreakerBreakDuration,
+                ShouldHandle = new PredicateBuilder()
+                    .Handle<NbdConnectionException>(IsTransient)
+                    .Handle<SocketException>()
+                    .Handle<IOException>(ex => ex is not NbdException),
+                OnOpened = args =>
+                {
+                    Log.CircuitOpened(_logger, _endpoint.ToString(), args.BreakDuration.TotalSeconds, args.Outcome.Exception?.Message ?? "?");
+                    return default;
+                },
+                OnClosed = _ =>
+                {
+                    Log.CircuitClosed(_logger, _endpoint.ToString());
                     return default;
                 },
             });
@@ -373,9 +404,23 @@ public sealed class NbdPool : IAsyncDisposable
         await Task.Yield(); // never run the connect inline under the caller's lock
         try
         {
-            var connection = await _reconnectPipeline.ExecuteAsync(
-                async token => await NbdConnection.ConnectAsync(_endpoint, _options.Connection, token).ConfigureAwait(false),
-                CancellationToken.None).ConfigureAwait(false);
+            NbdConnection connection;
+            try
+            {
+                connection = await _reconnectPipeline.ExecuteAsync(
+                    async token => await NbdConnection.ConnectAsync(_endpoint, _options.Connection, token).ConfigureAwait(false),
+                    CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (BrokenCircuitException ex)
+            {
+                // Callers see an NbdConnectionException, never a Polly type.
+                var retryAfter = ex.RetryAfter ?? _options.BreakerBreakDuration;
+                throw new NbdConnectionException(NbdConnectionFailure.CircuitOpen, NbdPhase.Connect,
+                    $"every recent connection attempt to {_endpoint} failed; not trying again for {Math.Ceiling(retryAfter.TotalSeconds):0} s (circuit open)", ex)
+                {
+                    RetryAfter = retryAfter,
+                };
+            }
             if (connection.Export.Size != Export.Size)
             {
                 await connection.DisposeAsync().ConfigureAwait(false);

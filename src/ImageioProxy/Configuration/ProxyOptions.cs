@@ -74,6 +74,12 @@ public sealed class DaemonOptions
 
     /// <summary>JSON ticket installed at start-up (imageio's -t option); empty = none.</summary>
     public string TicketFile { get; set; } = "";
+
+    /// <summary>Seconds from SIGTERM to exit: new requests are refused at once, running ones get all but a
+    /// flush reserve (min(5 s, a quarter)) to finish, then every ticket's pool is flushed and closed.
+    /// Sets HostOptions.ShutdownTimeout too. The default fits Kubernetes' 30 s grace period
+    /// (ecosystem.md §2.5); raise terminationGracePeriodSeconds before raising this.</summary>
+    public double ShutdownTimeout { get; set; } = 25;
 }
 
 /// <summary>[backend_nbd]: the data path to qemu-nbd.</summary>
@@ -101,6 +107,70 @@ public sealed class BackendOptions
 
     /// <summary>NBD connections per ticket when the export allows multi-conn.</summary>
     public int NbdConnections { get; set; } = 4;
+
+    // Failure handling (docs/reliability.md). Times are in seconds and may be fractional.
+
+    /// <summary>An NBD request without a reply for this long abandons its connection: the HTTP request fails
+    /// with 504 instead of hanging on a hung server. Must exceed the slowest legitimate request (a flush
+    /// of a large write-back cache on slow storage).</summary>
+    public double RequestTimeout { get; set; } = 60;
+
+    /// <summary>Bound on opening a socket to the NBD server, and separately on its handshake.</summary>
+    public double ConnectTimeout { get; set; } = 10;
+
+    /// <summary>Attempts to open a replacement for a dead NBD connection before the request fails; the
+    /// delays between them grow exponentially from ReconnectDelay to ReconnectMaxDelay, with jitter.</summary>
+    public int ReconnectAttempts { get; set; } = 3;
+
+    public double ReconnectDelay { get; set; } = 0.1;
+
+    public double ReconnectMaxDelay { get; set; } = 2;
+
+    /// <summary>Circuit breaker per ticket: after this many failed connection attempts in a row, requests
+    /// needing a connection fail at once with 503 for BreakerBreakDuration, then one attempt probes the
+    /// server. 0 disables it.</summary>
+    public int BreakerFailureThreshold { get; set; } = 3;
+
+    public double BreakerBreakDuration { get; set; } = 5;
+
+    public double BreakerSamplingDuration { get; set; } = 30;
+}
+
+/// <summary>[limits]: Kestrel's protections against slow, idle and oversized clients on the data
+/// listeners (ecosystem.md §1.6). imageio has none of these but a 60 s socket timeout, so the defaults
+/// are lenient enough for big uploads over slow or stalling links; docs/reliability.md lists them.</summary>
+public sealed class LimitsOptions
+{
+    public const string Section = "Limits";
+
+    /// <summary>Bytes/s a request body must average once the grace period is over; 0 disables the check.
+    /// Time the proxy spends not reading (back-pressure from a slow backend) does not count.</summary>
+    public int MinRequestBodyDataRate { get; set; } = 240;
+
+    /// <summary>Seconds before MinRequestBodyDataRate applies: imageio's 60 s socket timeout.</summary>
+    public int MinRequestBodyDataRateGracePeriod { get; set; } = 60;
+
+    /// <summary>Bytes/s a client must average reading a response (GET); 0 disables the check.</summary>
+    public int MinResponseDataRate { get; set; } = 240;
+
+    /// <summary>Seconds before MinResponseDataRate applies.</summary>
+    public int MinResponseDataRateGracePeriod { get; set; } = 60;
+
+    /// <summary>Seconds a client may take to send the request line and headers once it started (slowloris).</summary>
+    public int RequestHeadersTimeout { get; set; } = 30;
+
+    /// <summary>Bytes of the request line; longer gets 414 (imageio: 4096).</summary>
+    public int MaxRequestLineSize { get; set; } = 8192;
+
+    /// <summary>Bytes of all request headers together; more gets 431.</summary>
+    public int MaxRequestHeadersTotalSize { get; set; } = 32 * 1024;
+
+    /// <summary>Number of request headers; more gets 431.</summary>
+    public int MaxRequestHeaderCount { get; set; } = 100;
+
+    /// <summary>Open data connections (TCP and local socket together); 0 = unlimited. Connections per
+    /// ticket are limited by Daemon:MaxConnections.</summary>
+    public long MaxConcurrentConnections { get; set; }
 }
 
 /// <summary>Kestrel tuning of the data listeners (docs/benchmarks.md says what each one gained).</summary>

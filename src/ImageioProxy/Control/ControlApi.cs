@@ -58,6 +58,11 @@ public sealed partial class ControlApi
         catch (OperationCanceledException) when (http.RequestAborted.IsCancellationRequested)
         {
         }
+        catch (BadHttpRequestException e)
+        {
+            // Kestrel rejected the body (invalid chunked encoding, too slow): the client's fault.
+            await WriteErrorAsync(http, new HttpErrorException(e.StatusCode, e.Message, closeConnection: true));
+        }
         catch (Exception e)
         {
             LogRequestFailed(http.Request.Method, e);

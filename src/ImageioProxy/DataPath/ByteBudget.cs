@@ -22,6 +22,10 @@ public sealed class ByteBudget
         get { lock (_lock) { return _available; } }
     }
 
+    /// <summary>Bytes taken and not yet released. Every pooled transfer buffer holds its size here
+    /// until it is returned, so 0 once a ticket is quiet means no buffer leaked.</summary>
+    public long InUse => Capacity - Available;
+
     /// <summary>Takes <paramref name="bytes"/> (clamped to the capacity); returns the amount taken,
     /// which the caller passes to <see cref="Release"/>.</summary>
     public ValueTask<long> AcquireAsync(long bytes, CancellationToken cancellationToken)

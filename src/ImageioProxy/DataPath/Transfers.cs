@@ -18,6 +18,14 @@ public sealed class BodyTooLongException(long limit) : Exception($"The body goes
     public long Limit { get; } = limit;
 }
 
+/// <summary>The request body could not be read: Kestrel refused its framing (invalid chunked encoding)
+/// or the client was too slow for Limits:MinRequestBodyDataRate. The client's fault, never a 500.</summary>
+public sealed class InvalidBodyException(IOException inner) : Exception(inner.Message, inner)
+{
+    /// <summary>Kestrel's status for the fault (400, or 408 for a slow client); 400 otherwise.</summary>
+    public int Status { get; } = inner is BadHttpRequestException bad ? bad.StatusCode : StatusCodes.Status400BadRequest;
+}
+
 /// <summary>The streaming data paths between an HTTP body and an <see cref="NbdPool"/>.</summary>
 public static class Transfers
 {
@@ -208,7 +216,17 @@ public static class Transfers
         var filled = 0;
         while (filled < buffer.Length)
         {
-            var n = await body.ReadAsync(buffer[filled..], cancellationToken);
+            int n;
+            try
+            {
+                n = await body.ReadAsync(buffer[filled..], cancellationToken);
+            }
+            catch (IOException e) when (!cancellationToken.IsCancellationRequested)
+            {
+                // Only the HTTP body is read here, so this is never an NBD failure. Kestrel throws a plain
+                // IOException for some framing errors (a chunk size that overflows).
+                throw new InvalidBodyException(e);
+            }
             if (n == 0)
             {
                 break;

@@ -27,6 +27,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
     private readonly WebApplication? _control;
     private readonly ILogger<ProxyServer> _logger;
     private bool _stopped;
+    private bool _missedDeadline;
 
     private ProxyServer(WebApplication data, WebApplication? control)
     {
@@ -74,6 +75,9 @@ public sealed partial class ProxyServer : IAsyncDisposable
         builder.Services.Configure<BackendOptions>(config.GetSection(BackendOptions.Section));
         var httpTuning = config.GetSection(HttpOptions.Section).Get<HttpOptions>() ?? new();
         KestrelTuning.AddServices(builder.Services, httpTuning);
+        var shutdownTimeout = ShutdownTimeoutOf(config);
+        builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
+        builder.Services.Configure<LimitsOptions>(config.GetSection(LimitsOptions.Section));
         builder.Services.AddKeyedSingleton(ClockKey, clock ?? TimeProvider.System);
         builder.Services.AddSingleton<TicketStore>();
         builder.Services.AddSingleton<ConnectionTracker>();
@@ -85,6 +89,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
         var tls = config.GetSection(TlsOptions.Section).Get<TlsOptions>() ?? new();
         var local = config.GetSection(LocalOptions.Section).Get<LocalOptions>() ?? new();
         var control = config.GetSection(ControlOptions.Section).Get<ControlOptions>() ?? new();
+        var limits = config.GetSection(LimitsOptions.Section).Get<LimitsOptions>() ?? new();
         Validate(config);
 
         builder.WebHost.ConfigureKestrel(kestrel =>
@@ -97,6 +102,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
             // its timeout arithmetic, closing idle keep-alive connections at the next heartbeat.
             kestrel.Limits.KeepAliveTimeout = TimeSpan.FromDays(30);
             KestrelTuning.ApplyLimits(kestrel, httpTuning);
+            ApplyLimits(kestrel.Limits, limits);
             ConnectionDelegate Track(ConnectionDelegate next) => kestrel.ApplicationServices.GetRequiredService<ConnectionTracker>().Middleware(next);
             if (remote.Enable)
             {
@@ -141,6 +147,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
             controlBuilder.Configuration.AddConfiguration(config);
             ConfigureLogging(controlBuilder.Logging);
             controlBuilder.Services.AddSingleton(data.Services.GetRequiredService<ControlApi>());
+            controlBuilder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
+            // The same extra services (log providers, time) in both hosts: a log capture must also see
+            // what the control host logs about tickets.
+            services?.Invoke(controlBuilder.Services);
             controlBuilder.WebHost.ConfigureKestrel(kestrel =>
             {
                 kestrel.AddServerHeader = false;
@@ -178,7 +188,14 @@ public sealed partial class ProxyServer : IAsyncDisposable
             _control is not null ? ControlSettings.Socket : "disabled");
     }
 
-    /// <summary>Stops accepting, lets running requests finish, then flushes and closes every pool.</summary>
+    /// <summary>Daemon:ShutdownTimeout: the whole of <see cref="StopAsync"/>.</summary>
+    public TimeSpan ShutdownTimeout => ShutdownTimeoutOf(_data.Services.GetRequiredService<IConfiguration>());
+
+    /// <summary>Graceful shutdown, bounded by Daemon:ShutdownTimeout (ecosystem.md §2.5): stop accepting
+    /// (the listeners close, so new connections are refused), let running requests finish during all but
+    /// a flush reserve, abort those still running, then cancel every ticket and flush and close its pool
+    /// in what is left. Returns by the deadline even if a hung backend keeps a flush from finishing: the
+    /// process must exit before Kubernetes' SIGKILL, and an unflushed ticket is logged.</summary>
     public async Task StopAsync(CancellationToken cancellationToken = default)
     {
         if (_stopped)
@@ -186,14 +203,43 @@ public sealed partial class ProxyServer : IAsyncDisposable
             return;
         }
         _stopped = true;
+        // Wall-clock, not the ticket clock: the deadline is Kubernetes' SIGKILL.
+        var time = TimeProvider.System;
+        var total = ShutdownTimeout;
+        var flushReserve = TimeSpan.FromTicks(Math.Min(TimeSpan.FromSeconds(5).Ticks, total.Ticks / 4));
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(total);
+        using var drain = CancellationTokenSource.CreateLinkedTokenSource(deadline.Token);
+        drain.CancelAfter(total - flushReserve);
+        var started = time.GetTimestamp();
+        LogStopping(total.TotalSeconds, Tickets.Count);
+
+        // 1. Refuse new requests and drain running ones; Kestrel aborts what still runs when drain fires.
         if (_control is not null)
         {
-            await _control.StopAsync(cancellationToken);
+            await _control.StopAsync(drain.Token);
         }
-        await _data.StopAsync(cancellationToken);
-        await Tickets.DisposeAsync();
-        await Connections.DisposeAsync();
-        LogStopped();
+        await _data.StopAsync(drain.Token);
+
+        // 2. Flush and close every pool. Aborted requests end their in-flight NBD writes first.
+        var closing = Tickets.DisposeAsync().AsTask();
+        try
+        {
+            await closing.WaitAsync(deadline.Token);
+            await Connections.DisposeAsync();
+            LogStopped(time.GetElapsedTime(started).TotalSeconds);
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+        {
+            _missedDeadline = true;
+            LogStopDeadline(total.TotalSeconds);
+        }
+    }
+
+    private static TimeSpan ShutdownTimeoutOf(IConfiguration config)
+    {
+        var daemon = config.GetSection(DaemonOptions.Section).Get<DaemonOptions>() ?? new();
+        return TimeSpan.FromSeconds(daemon.ShutdownTimeout);
     }
 
     /// <summary>Completes when the host is asked to stop (SIGINT, SIGTERM).</summary>
@@ -208,6 +254,18 @@ public sealed partial class ProxyServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await StopAsync();
+        var disposing = DisposeHostsAsync();
+        if (_missedDeadline)
+        {
+            // Disposing the services would wait again for the flush that missed the deadline.
+            await disposing.WaitAsync(TimeSpan.FromSeconds(1)).ContinueWith(static _ => { }, TaskScheduler.Default);
+            return;
+        }
+        await disposing;
+    }
+
+    private async Task DisposeHostsAsync()
+    {
         if (_control is not null)
         {
             await _control.DisposeAsync();
@@ -240,8 +298,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
 
     private static void ConfigureLogging(ILoggingBuilder logging)
     {
-        // Request lines carry the ticket id, a secret (imageio issue #26): never log them.
-        logging.AddFilter("Microsoft.AspNetCore.Hosting.Diagnostics", LogLevel.Warning);
+        // Request lines carry the ticket id, a secret (imageio issue #26): never log them. Hosting's
+        // category must be off entirely: while it is enabled at any level, ASP.NET Core wraps every log
+        // of a request in a scope with RequestPath, which scope-aware providers write out.
+        logging.AddFilter("Microsoft.AspNetCore.Hosting.Diagnostics", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel.BadRequests", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel.Http2", LogLevel.None);
         logging.AddFilter("Microsoft.AspNetCore.Server.Kestrel", LogLevel.Warning);
@@ -291,10 +351,80 @@ public sealed partial class ProxyServer : IAsyncDisposable
         {
             errors.Add("Daemon:MaxConnections must be at least 1 and Daemon:InactivityTimeout at least 0");
         }
+        if (daemon.ShutdownTimeout is < 1 or > 3600)
+        {
+            errors.Add($"Daemon:ShutdownTimeout={daemon.ShutdownTimeout} must lie between 1 and 3600 seconds");
+        }
+        if (backend.RequestTimeout is < 0.1 or > 86400 || backend.ConnectTimeout is < 0.1 or > 3600)
+        {
+            errors.Add("Backend:RequestTimeout must lie between 0.1 and 86400 seconds, Backend:ConnectTimeout between 0.1 and 3600");
+        }
+        if (backend.ReconnectAttempts < 1 || backend.ReconnectDelay < 0 || backend.ReconnectMaxDelay < backend.ReconnectDelay)
+        {
+            errors.Add("Backend:ReconnectAttempts must be at least 1, Backend:ReconnectDelay at least 0 and Backend:ReconnectMaxDelay at least Backend:ReconnectDelay");
+        }
+        if (backend.BreakerFailureThreshold is 1 or < 0 || (backend.BreakerFailureThreshold > 0 && (backend.BreakerBreakDuration < 0.5 || backend.BreakerSamplingDuration < 0.5)))
+        {
+            errors.Add("Backend:BreakerFailureThreshold must be 0 (off) or at least 2, and Backend:BreakerBreakDuration and Backend:BreakerSamplingDuration at least 0.5 seconds (Polly's minimums)");
+        }
+        if (remote.Enable && tls.Enable)
+        {
+            foreach (var (key, path) in new[] { ("Tls:CertFile", tls.CertFile), ("Tls:KeyFile", tls.KeyFile), ("Tls:CaFile", tls.CaFile) })
+            {
+                if (path.Length > 0 && !File.Exists(path))
+                {
+                    errors.Add($"{key}={path} does not exist");
+                }
+            }
+        }
+        ValidateLimits(config.GetSection(LimitsOptions.Section).Get<LimitsOptions>() ?? new(), errors);
         if (errors.Count > 0)
         {
             throw new InvalidOperationException("Invalid configuration:\n  " + string.Join("\n  ", errors));
         }
+    }
+
+    private static void ValidateLimits(LimitsOptions limits, List<string> errors)
+    {
+        if (limits.MinRequestBodyDataRate < 0 || limits.MinResponseDataRate < 0)
+        {
+            errors.Add("Limits:MinRequestBodyDataRate and Limits:MinResponseDataRate must be at least 0 (0 disables the check)");
+        }
+        // Kestrel checks rates on its 1 s heartbeat and refuses shorter grace periods.
+        if (limits.MinRequestBodyDataRateGracePeriod < 2 || limits.MinResponseDataRateGracePeriod < 2)
+        {
+            errors.Add("Limits:MinRequestBodyDataRateGracePeriod and Limits:MinResponseDataRateGracePeriod must be at least 2 seconds");
+        }
+        if (limits.RequestHeadersTimeout < 1)
+        {
+            errors.Add("Limits:RequestHeadersTimeout must be at least 1 second");
+        }
+        if (limits.MaxRequestLineSize < 256 || limits.MaxRequestHeadersTotalSize < 1024 || limits.MaxRequestHeaderCount < 8)
+        {
+            errors.Add("Limits:MaxRequestLineSize must be at least 256, Limits:MaxRequestHeadersTotalSize at least 1024 and Limits:MaxRequestHeaderCount at least 8");
+        }
+        if (limits.MaxConcurrentConnections < 0)
+        {
+            errors.Add("Limits:MaxConcurrentConnections must be at least 0 (0 = unlimited)");
+        }
+    }
+
+    /// <summary>Slowloris and size limits of the data listeners (ecosystem.md §1.6). The rates are
+    /// cumulative averages, checked only while the proxy waits for the client, so back-pressure from a
+    /// slow backend and short stalls of a fast upload do not trip them.</summary>
+    private static void ApplyLimits(KestrelServerLimits kestrel, LimitsOptions limits)
+    {
+        kestrel.MinRequestBodyDataRate = limits.MinRequestBodyDataRate == 0
+            ? null
+            : new MinDataRate(limits.MinRequestBodyDataRate, TimeSpan.FromSeconds(limits.MinRequestBodyDataRateGracePeriod));
+        kestrel.MinResponseDataRate = limits.MinResponseDataRate == 0
+            ? null
+            : new MinDataRate(limits.MinResponseDataRate, TimeSpan.FromSeconds(limits.MinResponseDataRateGracePeriod));
+        kestrel.RequestHeadersTimeout = TimeSpan.FromSeconds(limits.RequestHeadersTimeout);
+        kestrel.MaxRequestLineSize = limits.MaxRequestLineSize;
+        kestrel.MaxRequestHeadersTotalSize = limits.MaxRequestHeadersTotalSize;
+        kestrel.MaxRequestHeaderCount = limits.MaxRequestHeaderCount;
+        kestrel.MaxConcurrentConnections = limits.MaxConcurrentConnections == 0 ? null : limits.MaxConcurrentConnections;
     }
 
     private static X509Certificate2 LoadCertificate(TlsOptions tls)
@@ -334,6 +464,12 @@ public sealed partial class ProxyServer : IAsyncDisposable
     [LoggerMessage(EventId = 5001, Level = LogLevel.Information, Message = "Serving remote={Remote} local={Local} control={Control}")]
     private partial void LogStarted(string remote, string local, string control);
 
-    [LoggerMessage(EventId = 5002, Level = LogLevel.Information, Message = "Stopped; every pool was flushed and closed")]
-    private partial void LogStopped();
+    [LoggerMessage(EventId = 5002, Level = LogLevel.Information, Message = "Stopped in {Seconds:0.0} s; every pool was flushed (failures are logged above) and closed")]
+    private partial void LogStopped(double seconds);
+
+    [LoggerMessage(EventId = 5003, Level = LogLevel.Information, Message = "Stopping within {Seconds} s (Daemon:ShutdownTimeout): refusing new requests, draining {Tickets} ticket(s)")]
+    private partial void LogStopping(double seconds, int tickets);
+
+    [LoggerMessage(EventId = 5004, Level = LogLevel.Error, Message = "Shutdown deadline of {Seconds} s reached before every pool was flushed; exiting anyway: clients must resend what they wrote since their last flush")]
+    private partial void LogStopDeadline(double seconds);
 }

@@ -152,9 +152,11 @@ public sealed partial class DataApi
             throw HttpErrorException.BadRequest("Content-Length header is required");
         }
         long offset = 0;
-        var contentRange = http.Request.Headers.ContentRange.ToString();
-        if (contentRange.Length > 0)
+        // Presence, not length: an empty Content-Range is invalid (imageio answers 400), and ignoring
+        // it would write the body at offset 0.
+        if (http.Request.Headers.TryGetValue("Content-Range", out var contentRangeValues))
         {
+            var contentRange = contentRangeValues.ToString();
             if (!HttpRanges.TryParseContentRange(contentRange, out var parsed, out var error))
             {
                 throw HttpErrorException.BadRequest(error);
@@ -188,6 +190,10 @@ public sealed partial class DataApi
             catch (PartialContentException e)
             {
                 throw new HttpErrorException(StatusCodes.Status400BadRequest, e.Message, closeConnection: true);
+            }
+            catch (InvalidBodyException e)
+            {
+                throw new HttpErrorException(e.Status, $"Invalid request body: {e.Message}", closeConnection: true);
             }
             catch (BodyTooLongException)
             {
@@ -259,7 +265,7 @@ public sealed partial class DataApi
         using var body = new MemoryStream();
         var buffer = new byte[8192];
         int n;
-        while ((n = await http.Request.Body.ReadAsync(buffer, http.RequestAborted)) > 0)
+        while ((n = await ReadBodyAsync(http, buffer)) > 0)
         {
             if (body.Length + n > MaxPatchBody)
             {
@@ -268,14 +274,33 @@ public sealed partial class DataApi
             body.Write(buffer, 0, n);
         }
         http.Items[BodyReadKey] = true;
+        var bytes = body.ToArray();
+        if (!System.Text.Unicode.Utf8.IsValid(bytes))
+        {
+            // JsonDocument accepts invalid UTF-8 inside strings and fails only when they are read.
+            throw HttpErrorException.BadRequest($"{errorPrefix} the body is not valid UTF-8");
+        }
         try
         {
-            using var document = JsonDocument.Parse(body.ToArray());
+            using var document = JsonDocument.Parse(bytes);
             return document.RootElement.Clone();
         }
         catch (JsonException e)
         {
             throw HttpErrorException.BadRequest($"{errorPrefix} {e.Message}");
+        }
+    }
+
+    private static async ValueTask<int> ReadBodyAsync(HttpContext http, byte[] buffer)
+    {
+        try
+        {
+            return await http.Request.Body.ReadAsync(buffer, http.RequestAborted);
+        }
+        catch (IOException e) when (e is not BadHttpRequestException && !http.RequestAborted.IsCancellationRequested)
+        {
+            // A framing error Kestrel reports as a plain IOException (a chunk size that overflows).
+            throw new HttpErrorException(StatusCodes.Status400BadRequest, $"Invalid request body: {e.Message}", closeConnection: true);
         }
     }
 

@@ -67,6 +67,19 @@ public sealed partial class DataApi
         catch (Exception e) when (e is BadHttpRequestException or IOException && http.RequestAborted.IsCancellationRequested)
         {
         }
+        catch (BadHttpRequestException e)
+        {
+            // Kestrel rejected the body while we read it: invalid chunked encoding (400), a client too
+            // slow for Limits:MinRequestBodyDataRate (408), a body ending before Content-Length. The
+            // client's fault, so its status and a plain message, never a 500; the rest of the body
+            // cannot be trusted, so the connection closes.
+            await WriteErrorAsync(http, new HttpErrorException(e.StatusCode, e.Message, closeConnection: true));
+        }
+        catch (Exception e) when (BackendErrors.Map(e, http.Request.Method) is { } backendError)
+        {
+            LogBackendFailed(http.Request.Method, backendError.Status, e);
+            await WriteErrorAsync(http, backendError);
+        }
         catch (Exception e)
         {
             LogRequestFailed(http.Request.Method, e);
@@ -161,7 +174,7 @@ public sealed partial class DataApi
         catch (NbdException e)
         {
             LogBackendOpenFailed(ticket.Spec.TransferId, e);
-            throw new HttpErrorException(StatusCodes.Status500InternalServerError, "Server failed to perform the request, check logs");
+            throw BackendErrors.Map(e, request.Http.Request.Method)!;
         }
     }
 
@@ -223,10 +236,21 @@ public sealed partial class DataApi
         {
             http.Response.Headers.ContentRange = error.ContentRange;
         }
+        if (error.RetryAfter is not null)
+        {
+            http.Response.Headers.RetryAfter = error.RetryAfter;
+        }
         var body = Encoding.UTF8.GetBytes(error.Message + "\n");
         http.Response.ContentType = "text/plain; charset=UTF-8";
         http.Response.ContentLength = body.Length;
-        await http.Response.Body.WriteAsync(body, http.RequestAborted);
+        try
+        {
+            await http.Response.Body.WriteAsync(body, http.RequestAborted);
+        }
+        catch (Exception e) when (e is IOException or OperationCanceledException)
+        {
+            // The client went away before its error: nobody to tell.
+        }
     }
 
     /// <summary>True when the request has no body left to read.</summary>
@@ -272,6 +296,9 @@ public sealed partial class DataApi
 
     [LoggerMessage(EventId = 2002, Level = LogLevel.Error, Message = "Cannot open the NBD backend of transfer {TransferId}")]
     private partial void LogBackendOpenFailed(string transferId, Exception exception);
+
+    [LoggerMessage(EventId = 2003, Level = LogLevel.Error, Message = "{Method} request failed with {Status}: the NBD backend failed")]
+    private partial void LogBackendFailed(string method, int status, Exception exception);
 }
 
 /// <summary>A data request and the connection it arrived on (null only when not tracked, e.g. in tests).</summary>

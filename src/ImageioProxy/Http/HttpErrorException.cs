@@ -23,6 +23,9 @@ public sealed class HttpErrorException : Exception
     /// <summary>Content-Range of a 416 ("bytes */N").</summary>
     public string? ContentRange { get; }
 
+    /// <summary>Retry-After of a 503, in seconds.</summary>
+    public string? RetryAfter { get; init; }
+
     public static HttpErrorException BadRequest(string message) => new(StatusCodes.Status400BadRequest, message);
 
     /// <summary>Every authorization failure is a 403 that closes the connection (imageio-api.md §5.3).</summary>

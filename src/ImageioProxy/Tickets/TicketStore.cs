@@ -38,7 +38,18 @@ public sealed partial class TicketStore : IAsyncDisposable
                 MetaContexts = [NbdMetaContexts.BaseAllocation, NbdMetaContexts.AllocationDepth],
                 TimeProvider = time,
                 LoggerFactory = loggerFactory,
+                RequestTimeout = TimeSpan.FromSeconds(_backend.RequestTimeout),
+                ConnectTimeout = TimeSpan.FromSeconds(_backend.ConnectTimeout),
+                HandshakeTimeout = TimeSpan.FromSeconds(_backend.ConnectTimeout),
             },
+            // Only connecting is retried, never a request: a write is not replayed after a later
+            // overlapping one may have been sent; the client resends after a 5xx (docs/reliability.md).
+            ReconnectAttempts = _backend.ReconnectAttempts,
+            ReconnectDelay = TimeSpan.FromSeconds(_backend.ReconnectDelay),
+            ReconnectMaxDelay = TimeSpan.FromSeconds(_backend.ReconnectMaxDelay),
+            BreakerFailureThreshold = _backend.BreakerFailureThreshold,
+            BreakerBreakDuration = TimeSpan.FromSeconds(_backend.BreakerBreakDuration),
+            BreakerSamplingDuration = TimeSpan.FromSeconds(_backend.BreakerSamplingDuration),
         };
     }
 

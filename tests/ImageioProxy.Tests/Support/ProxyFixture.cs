@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using System.Net.Sockets;
 using ImageioProxy.Hosting;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace ImageioProxy.Tests.Support;
 
@@ -88,10 +89,15 @@ public class ProxyFixture : IAsyncLifetime
         {
             settings[key] = value;
         }
-        Server = ProxyServer.Create([], config => config.AddInMemoryCollection(settings), clock: _time);
+        Server = ProxyServer.Create([], config => config.AddInMemoryCollection(settings), ConfigureServices, clock: _time);
         await Server.StartAsync();
         Data = new HttpClient { BaseAddress = RemoteUri };
         Control = UnixClient(ControlSocket);
+    }
+
+    /// <summary>Extra services for both hosts (a capturing ILoggerProvider, say).</summary>
+    protected virtual void ConfigureServices(IServiceCollection services)
+    {
     }
 
     public async Task DisposeAsync()
