@@ -225,10 +225,10 @@ public class SecretLeakTests(LogCaptureFixture fixture) : IClassFixture<LogCaptu
         await fixture.RemoveTicketAsync(reader);
         (await SendAsync($"OPTIONS /images/{reader} HTTP/1.1\r\nHost: t\r\n\r\n")).Status.Should().Be(403);
 
-        // A backend that cannot be opened (500 with an exception logged), then the ticket removed.
+        // A backend that cannot be opened (503 naming the cause, with an exception logged), then the ticket removed.
         var broken = await fixture.AddTicketAsync(changes: t => t["url"] = $"nbd:unix:{fixture.Directory}/missing.sock");
         secrets.Add(broken);
-        (await SendAsync($"OPTIONS /images/{broken} HTTP/1.1\r\nHost: t\r\n\r\n")).Status.Should().Be(500);
+        (await SendAsync($"OPTIONS /images/{broken} HTTP/1.1\r\nHost: t\r\n\r\n")).Status.Should().Be(503);
 
         // Control API failures: invalid ticket under an id, missing ticket, conflicting replace.
         var invalid = Guid.NewGuid().ToString();
