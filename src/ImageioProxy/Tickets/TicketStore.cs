@@ -29,6 +29,7 @@ public sealed partial class TicketStore : IAsyncDisposable
         _control = control.Value;
         _logger = loggerFactory.CreateLogger<TicketStore>();
         GlobalBudget = new ByteBudget(_backend.MaxInFlightBytes);
+        ChunkBuffers = new ChunkBufferPool(_backend.ChunkSize, _backend.MaxInFlightBytes);
         _poolOptions = new NbdPoolOptions
         {
             MaxConnections = _backend.NbdConnections,
@@ -54,6 +55,9 @@ public sealed partial class TicketStore : IAsyncDisposable
 
     /// <summary>In-flight bytes of the whole process.</summary>
     public ByteBudget GlobalBudget { get; }
+
+    /// <summary>GET and PUT chunk buffers, as many as <see cref="GlobalBudget"/> lets exist.</summary>
+    public ChunkBufferPool ChunkBuffers { get; }
 
     public TimeSpan RemoveTimeout => TimeSpan.FromSeconds(_control.RemoveTimeout);
 
