@@ -1,4 +1,3 @@
-using System.Buffers;
 using NbdClient;
 using NbdClient.Protocol;
 using ImageioProxy.Tickets;
@@ -37,8 +36,9 @@ public static class Transfers
     /// <param name="length">Content-Length, or null for a chunked body.</param>
     /// <param name="limit">For chunked bodies: the offset the body may not cross.</param>
     public static async Task<long> UploadAsync(Stream body, NbdPool pool, long offset, long? length, long limit,
-        int chunkSize, InFlightBudgets budgets, TicketOperation operation, CancellationToken cancellationToken)
+        ChunkBufferPool buffers, InFlightBudgets budgets, TicketOperation operation, CancellationToken cancellationToken)
     {
+        var chunkSize = buffers.BufferSize;
         var pending = new List<Task>();
         long read = 0;
         try
@@ -48,7 +48,7 @@ public static class Transfers
                 FailFast(pending);
                 var want = (int)Math.Min(chunkSize, length is long total ? total - read : chunkSize);
                 var taken = await budgets.AcquireAsync(want, cancellationToken);
-                var buffer = ArrayPool<byte>.Shared.Rent(want);
+                var buffer = buffers.Rent(want);
                 int filled;
                 try
                 {
@@ -56,26 +56,26 @@ public static class Transfers
                 }
                 catch
                 {
-                    Recycle(buffer, taken, budgets);
+                    Recycle(buffers, buffer, taken, budgets);
                     throw;
                 }
                 if (length is not null && filled < want)
                 {
                     // Content-Length promised more: the incomplete chunk is dropped, not written.
-                    Recycle(buffer, taken, budgets);
+                    Recycle(buffers, buffer, taken, budgets);
                     throw new PartialContentException(length.Value, read + filled);
                 }
                 if (filled == 0)
                 {
-                    Recycle(buffer, taken, budgets);
+                    Recycle(buffers, buffer, taken, budgets);
                     break; // end of a chunked body
                 }
                 if (length is null && filled > limit - offset - read)
                 {
-                    Recycle(buffer, taken, budgets);
+                    Recycle(buffers, buffer, taken, budgets);
                     throw new BodyTooLongException(limit);
                 }
-                pending.Add(WriteChunkAsync(pool, offset + read, buffer, filled, taken, budgets, operation, cancellationToken));
+                pending.Add(WriteChunkAsync(pool, offset + read, buffers, buffer, filled, taken, budgets, operation, cancellationToken));
                 read += filled;
                 if (length is null && filled < want)
                 {
@@ -94,9 +94,10 @@ public static class Transfers
 
     /// <summary>GET: keeps up to <paramref name="readAhead"/> reads in flight and writes them to the
     /// response in order.</summary>
-    public static async Task DownloadAsync(Stream output, NbdPool pool, long offset, long size, int chunkSize, int readAhead,
+    public static async Task DownloadAsync(Stream output, NbdPool pool, long offset, long size, ChunkBufferPool buffers, int readAhead,
         InFlightBudgets budgets, TicketOperation operation, CancellationToken cancellationToken)
     {
+        var chunkSize = buffers.BufferSize;
         var queue = new Queue<(Task Read, byte[] Buffer, int Length, (long, long) Taken)>();
         var next = offset;
         var end = offset + size;
@@ -108,7 +109,7 @@ public static class Transfers
                 {
                     var length = (int)Math.Min(chunkSize, end - next);
                     var taken = await budgets.AcquireAsync(length, cancellationToken);
-                    var buffer = ArrayPool<byte>.Shared.Rent(length);
+                    var buffer = buffers.Rent(length);
                     queue.Enqueue((pool.ReadAsync(next, buffer.AsMemory(0, length), cancellationToken).AsTask(), buffer, length, taken));
                     next += length;
                 }
@@ -117,7 +118,7 @@ public static class Transfers
                 await output.WriteAsync(item.Buffer.AsMemory(0, item.Length), cancellationToken);
                 queue.Dequeue();
                 operation.AddDone(item.Length);
-                Recycle(item.Buffer, item.Taken, budgets);
+                Recycle(buffers, item.Buffer, item.Taken, budgets);
             }
         }
         finally
@@ -128,7 +129,7 @@ public static class Transfers
                 // A canceled read may still be filling the buffer: let the GC have it.
                 if (item.Read.IsCompletedSuccessfully)
                 {
-                    ArrayPool<byte>.Shared.Return(item.Buffer);
+                    buffers.Return(item.Buffer);
                 }
                 budgets.Release(item.Taken);
             }
@@ -194,7 +195,7 @@ public static class Transfers
         operation.AddDone(length);
     }
 
-    private static async Task WriteChunkAsync(NbdPool pool, long offset, byte[] buffer, int length, (long, long) taken,
+    private static async Task WriteChunkAsync(NbdPool pool, long offset, ChunkBufferPool buffers, byte[] buffer, int length, (long, long) taken,
         InFlightBudgets budgets, TicketOperation operation, CancellationToken cancellationToken)
     {
         try
@@ -202,7 +203,7 @@ public static class Transfers
             await pool.WriteAsync(offset, buffer.AsMemory(0, length), NbdCommandFlags.None, cancellationToken);
             operation.AddDone(length);
             // Only now: on failure or cancellation the request may still reference the buffer.
-            ArrayPool<byte>.Shared.Return(buffer);
+            buffers.Return(buffer);
         }
         finally
         {
@@ -247,9 +248,9 @@ public static class Transfers
         pending.RemoveAll(t => t.IsCompletedSuccessfully);
     }
 
-    private static void Recycle(byte[] buffer, (long, long) taken, InFlightBudgets budgets)
+    private static void Recycle(ChunkBufferPool buffers, byte[] buffer, (long, long) taken, InFlightBudgets budgets)
     {
-        ArrayPool<byte>.Shared.Return(buffer);
+        buffers.Return(buffer);
         budgets.Release(taken);
     }
 

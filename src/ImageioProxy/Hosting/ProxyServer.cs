@@ -77,6 +77,8 @@ public sealed partial class ProxyServer : IAsyncDisposable
         builder.Services.Configure<ControlOptions>(config.GetSection(ControlOptions.Section));
         builder.Services.Configure<DaemonOptions>(config.GetSection(DaemonOptions.Section));
         builder.Services.Configure<BackendOptions>(config.GetSection(BackendOptions.Section));
+        var httpTuning = config.GetSection(HttpOptions.Section).Get<HttpOptions>() ?? new();
+        KestrelTuning.AddServices(builder.Services, httpTuning);
         var shutdownTimeout = ShutdownTimeoutOf(config);
         builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
         builder.Services.Configure<LimitsOptions>(config.GetSection(LimitsOptions.Section));
@@ -104,6 +106,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
             // InfiniteTimeSpan: Kestrel maps it to TimeSpan.MaxValue, and "now + MaxValue" overflows in
             // its timeout arithmetic, closing idle keep-alive connections at the next heartbeat.
             kestrel.Limits.KeepAliveTimeout = TimeSpan.FromDays(30);
+            KestrelTuning.ApplyLimits(kestrel, httpTuning);
             ApplyLimits(kestrel.Limits, limits);
             ConnectionDelegate Track(ConnectionDelegate next) => kestrel.ApplicationServices.GetRequiredService<ConnectionTracker>().Middleware(next);
             if (remote.Enable)
@@ -342,6 +345,15 @@ public sealed partial class ProxyServer : IAsyncDisposable
         if (backend.ReadAhead < 1 || backend.NbdConnections < 1)
         {
             errors.Add("Backend:ReadAhead and Backend:NbdConnections must be at least 1");
+        }
+        var http = config.GetSection(HttpOptions.Section).Get<HttpOptions>() ?? new();
+        if (http.PoolBlockSize != 0 && http.PoolBlockSize is < 4096 or > 1024 * 1024)
+        {
+            errors.Add($"Http:PoolBlockSize={http.PoolBlockSize} must be 0 (Kestrel's own pool) or lie between 4096 and 1048576");
+        }
+        if (http.MaxRequestBufferSize < 64 * 1024)
+        {
+            errors.Add($"Http:MaxRequestBufferSize={http.MaxRequestBufferSize} must be at least 65536");
         }
         if (daemon.MaxConnections < 1 || daemon.InactivityTimeout < 0)
         {

@@ -138,7 +138,7 @@ public sealed partial class DataApi
         }
         LogRead(ticket.Spec.TransferId, offset, size);
         await RunOperationAsync(request, ticket, offset, DataOperationKind.Read, (operation, ct) =>
-            Transfers.DownloadAsync(response.Body, pool, offset, size, _backend.ChunkSize, _backend.ReadAhead, Budgets(ticket), operation, ct));
+            Transfers.DownloadAsync(response.Body, pool, offset, size, _tickets.ChunkBuffers, _backend.ReadAhead, Budgets(ticket), operation, ct));
     }
 
     private async Task PutAsync(DataRequest request, string ticketId)
@@ -186,7 +186,7 @@ public sealed partial class DataApi
         {
             try
             {
-                await Transfers.UploadAsync(http.Request.Body, pool, offset, length, limit, _backend.ChunkSize, Budgets(ticket), operation, ct);
+                await Transfers.UploadAsync(http.Request.Body, pool, offset, length, limit, _tickets.ChunkBuffers, Budgets(ticket), operation, ct);
             }
             catch (PartialContentException e)
             {

@@ -29,6 +29,7 @@ public sealed partial class TicketStore : IAsyncDisposable
         _control = control.Value;
         _logger = loggerFactory.CreateLogger<TicketStore>();
         GlobalBudget = new ByteBudget(_backend.MaxInFlightBytes);
+        ChunkBuffers = new ChunkBufferPool(_backend.ChunkSize, _backend.MaxInFlightBytes);
         _poolOptions = new NbdPoolOptions
         {
             MaxConnections = _backend.NbdConnections,
@@ -55,6 +56,9 @@ public sealed partial class TicketStore : IAsyncDisposable
     /// <summary>In-flight bytes of the whole process.</summary>
     public ByteBudget GlobalBudget { get; }
 
+    /// <summary>GET and PUT chunk buffers, as many as <see cref="GlobalBudget"/> lets exist.</summary>
+    public ChunkBufferPool ChunkBuffers { get; }
+
     public TimeSpan RemoveTimeout => TimeSpan.FromSeconds(_control.RemoveTimeout);
 
     public int Count => _tickets.Count;
@@ -62,7 +66,8 @@ public sealed partial class TicketStore : IAsyncDisposable
     /// <summary>inactivity_timeout of tickets that do not set one.</summary>
     public long DefaultInactivityTimeout => _daemon.InactivityTimeout;
 
-    public Ticket Create(TicketSpec spec) => new(spec, _time, new ByteBudget(_backend.MaxInFlightBytesPerTicket), ConnectAsync);
+    public Ticket Create(TicketSpec spec) =>
+        new(spec, _time, new ByteBudget(_backend.MaxInFlightBytesPerTicket), (endpoint, ct) => ConnectAsync(endpoint, spec.Dirty, ct));
 
     /// <summary>Installs a ticket under its uuid. A ticket with the same uuid is replaced without being
     /// canceled (imageio does the same); its operations finish and its pool then closes.</summary>
@@ -229,8 +234,15 @@ public sealed partial class TicketStore : IAsyncDisposable
         }
     }
 
-    private async Task<NbdPool> ConnectAsync(NbdEndpoint endpoint, CancellationToken cancellationToken)
-        => await NbdPool.ConnectAsync(endpoint, _poolOptions, cancellationToken);
+    /// <summary>A dirty ticket also asks for the export's dirty bitmap: "qemu:dirty-bitmap:" is a namespace
+    /// query that NbdClient expands with LIST_META_CONTEXT, as imageio does (imageio-api.md §6.2).</summary>
+    private async Task<NbdPool> ConnectAsync(NbdEndpoint endpoint, bool dirty, CancellationToken cancellationToken)
+    {
+        var options = dirty
+            ? _poolOptions with { Connection = _poolOptions.Connection with { MetaContexts = [.. _poolOptions.Connection.MetaContexts, NbdMetaContexts.DirtyBitmapPrefix] } }
+            : _poolOptions;
+        return await NbdPool.ConnectAsync(endpoint, options, cancellationToken);
+    }
 
     [LoggerMessage(EventId = 1001, Level = LogLevel.Information, Message = "Added transfer {TransferId}: size={Size} ops={Ops} timeout={Timeout} inactivity_timeout={InactivityTimeout} sparse={Sparse} dirty={Dirty}")]
     private partial void LogTicketAdded(string transferId, long size, string ops, long timeout, long inactivityTimeout, bool sparse, bool dirty);

@@ -17,17 +17,22 @@ public class FlushBarrierProofTests(ProxyFixture fixture) : IClassFixture<ProxyF
     private const long Size = 64L << 20;
 
     [Theory]
-    [InlineData("auto", true)]
-    [InlineData("disable", false)]
-    public async Task EveryWriteAnsweredBeforeAFlush_IsCoveredByAnNbdFlush(string multiConnMode, bool multiConn)
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task EveryWriteAnsweredBeforeAFlush_IsCoveredByAnNbdFlush(bool multiConn)
     {
         // On tmpfs: NBD flushes are cheap there, so thousands of requests fit in seconds.
         var image = Path.Combine("/dev/shm", $"flush-proof-{Guid.NewGuid():N}.raw");
         using var cleanup = new DeleteOnDispose(image);
         await QemuImg.CreateAsync(image, "raw", Size);
         // The delay filter inside the log makes writes slow enough that flushes really overtake them on the HTTP side.
-        await using var nbdkit = await NbdkitServer.StartAsync(["file", image, $"multi-conn-mode={multiConnMode}", "delay-write=2ms", "delay-zero=2ms"],
-            new NbdkitOptions { Filters = ["multi-conn", "log", "delay"] });
+        // With multi-conn the file plugin advertises it itself. Without, the multi-conn filter goes first (nbdkit 1.32
+        // asserts otherwise) with multi-conn-track-dirty=off: by default it elides flushes it believes unneeded, and
+        // the log behind it would then miss flushes the proxy sent (nbd-fault-injection.md §5).
+        string[] multiConnArgs = multiConn ? [] : ["multi-conn-mode=disable", "multi-conn-track-dirty=off"];
+        string[] filters = multiConn ? ["log", "delay"] : ["multi-conn", "log", "delay"];
+        await using var nbdkit = await NbdkitServer.StartAsync(["file", image, .. multiConnArgs, "delay-write=2ms", "delay-zero=2ms"],
+            new NbdkitOptions { Filters = filters });
         var ticket = await fixture.AddTicketAsync(["write"], t =>
         {
             t["url"] = nbdkit.ImageioUrl;
@@ -43,7 +48,7 @@ public class FlushBarrierProofTests(ProxyFixture fixture) : IClassFixture<ProxyF
         async Task WriterAsync(int seed)
         {
             var random = new Random(seed);
-            for (var i = 0; i < 250; i++)
+            for (var i = 0; i < 125; i++)
             {
                 var length = random.Next(1, 33) * 4096;
                 var offset = random.NextInt64(0, (Size - length) / 512) * 512;
@@ -94,7 +99,7 @@ public class FlushBarrierProofTests(ProxyFixture fixture) : IClassFixture<ProxyF
         flushes.Add(new HttpFlushFact(last, DateTimeOffset.Now, "final flush"));
         await fixture.RemoveTicketAsync(ticket);
 
-        writes.Should().HaveCount(2000);
+        writes.Should().HaveCount(1000);
         flushes.Count.Should().BeGreaterThan(10, "flushes must interleave with the writes for the proof to mean anything");
         // Stop nbdkit before reading its log: the log filter's last lines may still sit in its stdio buffer.
         await nbdkit.StopAsync();

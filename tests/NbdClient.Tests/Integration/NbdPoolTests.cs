@@ -93,8 +93,9 @@ public partial class NbdPoolTests
         using var dir = TempDirectory.Create();
         var file = dir.Combine("disk.raw");
         await QemuImg.CreateAsync(file, "raw", Size);
-        await using var server = await NbdkitServer.StartAsync(["file", file, $"multi-conn-mode={multiConnMode}", "delay-write=20ms"],
-            new NbdkitOptions { Filters = ["multi-conn", "log", "delay"] }); // slow writes: the barrier really has to wait
+        // Slow writes: the barrier really has to wait. multi-conn-track-dirty=off: the filter must not elide flushes.
+        await using var server = await NbdkitServer.StartAsync(["file", file, $"multi-conn-mode={multiConnMode}", "multi-conn-track-dirty=off", "delay-write=20ms"],
+            new NbdkitOptions { Filters = ["multi-conn", "log", "delay"] });
         await using var pool = await NbdPool.ConnectAsync(Endpoints.Of(server), new NbdPoolOptions { MaxConnections = 4 });
         pool.ConnectionCount.Should().Be(connections);
 

@@ -1,0 +1,72 @@
+using System.Globalization;
+using System.Net;
+using System.Security.Cryptography.X509Certificates;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+
+namespace ImageioProxy.Bench;
+
+/// <summary>The HTTP ceiling: a bare Kestrel endpoint that reads every request body and throws it away,
+/// with the same Kestrel settings as the proxy (ImageioProxy.Hosting.KestrelTuning), so that
+/// "proxy / sink" is the cost of everything the proxy does beyond receiving HTTP.</summary>
+internal static class SinkServer
+{
+    public static async Task<int> RunAsync(string[] args)
+    {
+        int port = 0;
+        string? cert = null, key = null;
+        var tuned = true;
+        for (var i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--port": port = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--cert": cert = args[++i]; break;
+                case "--key": key = args[++i]; break;
+                case "--kestrel-defaults": tuned = false; break;
+                default: throw new ArgumentException($"sink: unknown argument {args[i]}");
+            }
+        }
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        if (tuned)
+        {
+            ImageioProxy.Hosting.KestrelTuning.AddServices(builder.Services, new ImageioProxy.Configuration.HttpOptions());
+        }
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxRequestBodySize = null;
+            if (tuned)
+            {
+                ImageioProxy.Hosting.KestrelTuning.ApplyLimits(kestrel, new ImageioProxy.Configuration.HttpOptions());
+            }
+            kestrel.Listen(IPAddress.Loopback, port, listen =>
+            {
+                listen.Protocols = HttpProtocols.Http1;
+                if (cert is not null && key is not null)
+                {
+                    using var pem = X509Certificate2.CreateFromPemFile(cert, key);
+                    var certificate = X509CertificateLoader.LoadPkcs12(pem.Export(X509ContentType.Pkcs12), null);
+                    listen.UseHttps(https => https.ServerCertificate = certificate);
+                }
+            });
+        });
+        var app = builder.Build();
+        app.Run(async http =>
+        {
+            var reader = http.Request.BodyReader;
+            while (true)
+            {
+                var result = await reader.ReadAsync(http.RequestAborted);
+                reader.AdvanceTo(result.Buffer.End);
+                if (result.IsCompleted)
+                {
+                    break;
+                }
+            }
+            http.Response.StatusCode = StatusCodes.Status200OK;
+        });
+        await app.RunAsync();
+        return 0;
+    }
+}

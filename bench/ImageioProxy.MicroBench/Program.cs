@@ -1,0 +1,8 @@
+using BenchmarkDotNet.Running;
+
+namespace ImageioProxy.MicroBench;
+
+internal static class MicroBenchMain
+{
+    public static void Main(string[] args) => BenchmarkSwitcher.FromAssembly(typeof(MicroBenchMain).Assembly).Run(args);
+}
