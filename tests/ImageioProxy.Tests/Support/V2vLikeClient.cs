@@ -28,6 +28,9 @@ public sealed record V2vLikeClientOptions
     /// PATCH flush. The keeper looks every half of it.</summary>
     public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>Clock of the idle keeper.</summary>
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
     /// <summary>The plugin's <c>MAX_CONNECTIONS</c>.</summary>
     public int MaxConnections { get; init; } = 4;
 
@@ -205,7 +208,7 @@ public sealed class V2vLikeClient : IAsyncDisposable
             foreach (var item in locked)
             {
                 await SendFlushAsync(item.Http, cancellationToken);
-                item.LastUsed = Stopwatch.GetTimestamp();
+                item.LastUsed = _options.TimeProvider.GetTimestamp();
             }
         }
         finally
@@ -358,7 +361,7 @@ public sealed class V2vLikeClient : IAsyncDisposable
         }
         finally
         {
-            item.LastUsed = Stopwatch.GetTimestamp();
+            item.LastUsed = _options.TimeProvider.GetTimestamp();
             _pool.Writer.TryWrite(item);
         }
     }
@@ -390,7 +393,6 @@ public sealed class V2vLikeClient : IAsyncDisposable
     private async Task PoolKeeperAsync()
     {
         var interval = _options.IdleTimeout / 2;
-        var idleTicks = (long)(_options.IdleTimeout.TotalSeconds * Stopwatch.Frequency);
         while (!_done.IsCancellationRequested)
         {
             try
@@ -408,10 +410,10 @@ public sealed class V2vLikeClient : IAsyncDisposable
                 idle.Add(item);
             }
 
-            var now = Stopwatch.GetTimestamp();
+            var now = _options.TimeProvider.GetTimestamp();
             foreach (var item in idle)
             {
-                if (item.LastUsed is { } lastUsed && now - lastUsed > idleTicks)
+                if (item.LastUsed is { } lastUsed && _options.TimeProvider.GetElapsedTime(lastUsed, now) > _options.IdleTimeout)
                 {
                     try
                     {
@@ -486,7 +488,7 @@ public sealed class V2vLikeClient : IAsyncDisposable
     {
         public HttpConnection Http { get; } = http;
 
-        /// <summary>Stopwatch timestamp of the last request; null until first used, as in the plugin.</summary>
+        /// <summary>TimeProvider timestamp of the last request; null until first used, as in the plugin.</summary>
         public long? LastUsed { get; set; }
     }
 
