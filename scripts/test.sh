@@ -35,6 +35,9 @@ hang_timeout=${TEST_HANG_TIMEOUT:-5m}
 run_timeout=${TEST_RUN_TIMEOUT:-75m}
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+# The proxy sets this for itself in Program.cs; the tests host it in-process, so they set it too and run
+# the data path the way production does (socket continuations inline on the epoll thread).
+export DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=${DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS:-1}
 
 log() { printf 'test.sh: %s\n' "$*" >&2; }
 

@@ -15,6 +15,7 @@ internal static class SinkServer
         int port = 0;
         string? cert = null, key = null;
         var tuned = true;
+        var http = new ImageioProxy.Configuration.HttpOptions();
         for (var i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -23,6 +24,8 @@ internal static class SinkServer
                 case "--cert": cert = args[++i]; break;
                 case "--key": key = args[++i]; break;
                 case "--kestrel-defaults": tuned = false; break;
+                case "--block-size": http.PoolBlockSize = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--request-buffer": http.MaxRequestBufferSize = long.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 default: throw new ArgumentException($"sink: unknown argument {args[i]}");
             }
         }
@@ -30,7 +33,7 @@ internal static class SinkServer
         builder.Logging.ClearProviders();
         if (tuned)
         {
-            ImageioProxy.Hosting.KestrelTuning.AddServices(builder.Services, new ImageioProxy.Configuration.HttpOptions());
+            ImageioProxy.Hosting.KestrelTuning.AddServices(builder.Services, http);
         }
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
@@ -38,7 +41,7 @@ internal static class SinkServer
             kestrel.Limits.MaxRequestBodySize = null;
             if (tuned)
             {
-                ImageioProxy.Hosting.KestrelTuning.ApplyLimits(kestrel, new ImageioProxy.Configuration.HttpOptions());
+                ImageioProxy.Hosting.KestrelTuning.ApplyLimits(kestrel, http);
             }
             kestrel.Listen(IPAddress.Loopback, port, listen =>
             {

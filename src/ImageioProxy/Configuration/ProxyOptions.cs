@@ -185,4 +185,10 @@ public sealed class HttpOptions
     /// <summary>Kestrel's MaxRequestBufferSize: request bytes buffered before Kestrel stops reading
     /// the socket (back-pressure).</summary>
     public long MaxRequestBufferSize { get; set; } = 1024 * 1024;
+
+    /// <summary>Kestrel's SocketTransportOptions.UnsafePreferInlineScheduling: run request code on the
+    /// socket's I/O thread instead of handing every receive to the thread pool. Pays off together with
+    /// the runtime's inline socket completions (DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1, which the
+    /// proxy sets for itself unless the environment says otherwise); docs/benchmarks.md.</summary>
+    public bool InlineScheduling { get; set; } = true;
 }

@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using ImageioProxy.Configuration;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
 
 namespace ImageioProxy.Hosting;
 
@@ -10,6 +11,9 @@ namespace ImageioProxy.Hosting;
 /// benchmark's bare sink so that the HTTP ceiling is measured with the same settings.</summary>
 public static class KestrelTuning
 {
+    /// <summary>The runtime's switch for running socket continuations on its epoll threads.</summary>
+    public const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+
     /// <summary>Replaces the memory pool factory Kestrel takes from DI (.NET 10
     /// <see cref="IMemoryPoolFactory{T}"/>) when <see cref="HttpOptions.PoolBlockSize"/> is set.</summary>
     public static void AddServices(IServiceCollection services, HttpOptions options)
@@ -19,6 +23,7 @@ public static class KestrelTuning
         {
             services.AddSingleton<IMemoryPoolFactory<byte>>(new LargeBlockMemoryPoolFactory(options.PoolBlockSize));
         }
+        services.Configure<SocketTransportOptions>(socket => socket.UnsafePreferInlineScheduling = options.InlineScheduling);
     }
 
     public static void ApplyLimits(KestrelServerOptions kestrel, HttpOptions options)
