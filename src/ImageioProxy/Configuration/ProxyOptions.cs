@@ -105,8 +105,13 @@ public sealed class BackendOptions
     /// <summary>Bytes per NBD WRITE_ZEROES issued by PATCH zero (below 4 GiB, the protocol's limit).</summary>
     public long ZeroStep { get; set; } = 1024L * 1024 * 1024;
 
-    /// <summary>NBD connections per ticket when the export allows multi-conn.</summary>
-    public int NbdConnections { get; set; } = 4;
+    /// <summary>NBD connections per ticket when the export allows multi-conn; 0 (the default) picks one per
+    /// core, at most 4.</summary>
+    public int NbdConnections { get; set; }
+
+    /// <summary><see cref="NbdConnections"/>, or when 0 what nbdcopy does: one connection per core, at most 4.
+    /// More connections than cores only add context switches (docs/benchmarks.md).</summary>
+    public int EffectiveNbdConnections => NbdConnections > 0 ? NbdConnections : Math.Clamp(Environment.ProcessorCount, 1, 4);
 
     // Failure handling (docs/reliability.md). Times are in seconds and may be fractional.
 

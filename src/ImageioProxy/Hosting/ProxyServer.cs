@@ -342,9 +342,9 @@ public sealed partial class ProxyServer : IAsyncDisposable
         {
             errors.Add("Backend:MaxInFlightBytesPerTicket and Backend:MaxInFlightBytes must be at least Backend:ChunkSize");
         }
-        if (backend.ReadAhead < 1 || backend.NbdConnections < 1)
+        if (backend.ReadAhead < 1 || backend.NbdConnections < 0)
         {
-            errors.Add("Backend:ReadAhead and Backend:NbdConnections must be at least 1");
+            errors.Add("Backend:ReadAhead must be at least 1 and Backend:NbdConnections at least 0 (0: one per core, at most 4)");
         }
         var http = config.GetSection(HttpOptions.Section).Get<HttpOptions>() ?? new();
         if (http.PoolBlockSize != 0 && http.PoolBlockSize is < 4096 or > 1024 * 1024)

@@ -32,7 +32,7 @@ public sealed partial class TicketStore : IAsyncDisposable
         ChunkBuffers = new ChunkBufferPool(_backend.ChunkSize, _backend.MaxInFlightBytes);
         _poolOptions = new NbdPoolOptions
         {
-            MaxConnections = _backend.NbdConnections,
+            MaxConnections = _backend.EffectiveNbdConnections,
             Connection = new NbdClientOptions
             {
                 MetaContexts = [NbdMetaContexts.BaseAllocation, NbdMetaContexts.AllocationDepth],

@@ -1,0 +1,27 @@
+using ImageioProxy.Configuration;
+using ImageioProxy.Hosting;
+using Microsoft.Extensions.Configuration;
+
+namespace ImageioProxy.Tests.Configuration;
+
+public class BackendOptionsTests
+{
+    [Fact]
+    public void NbdConnections_0_means_one_per_core_at_most_4_as_nbdcopy_does()
+    {
+        new BackendOptions().EffectiveNbdConnections.Should().Be(Math.Clamp(Environment.ProcessorCount, 1, 4));
+        new BackendOptions { NbdConnections = 7 }.EffectiveNbdConnections.Should().Be(7, "an explicit value is taken as given");
+    }
+
+    [Fact]
+    public void A_negative_NbdConnections_is_refused_at_start()
+    {
+        var act = () => ProxyServer.Create([], config => config.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Tls:Enable"] = "false",
+            ["Backend:NbdConnections"] = "-1",
+        }));
+
+        act.Should().Throw<InvalidOperationException>().Which.Message.Should().Contain("Backend:NbdConnections at least 0");
+    }
+}
