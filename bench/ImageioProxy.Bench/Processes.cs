@@ -60,6 +60,31 @@ internal sealed class ChildProcess : IAsyncDisposable
         return ticks / 100.0;
     }
 
+    /// <summary>CPU seconds so far of the threads whose name starts with <paramref name="threadName"/>
+    /// (/proc/PID/task/*/comm; Linux cuts names to 15 characters).</summary>
+    public double ThreadCpuSeconds(string threadName)
+    {
+        long ticks = 0;
+        foreach (var task in Directory.EnumerateDirectories($"/proc/{Id}/task"))
+        {
+            try
+            {
+                if (!File.ReadAllText(Path.Combine(task, "comm")).StartsWith(threadName, StringComparison.Ordinal))
+                {
+                    continue;
+                }
+                var stat = File.ReadAllText(Path.Combine(task, "stat"));
+                var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                ticks += long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
+            }
+            catch (IOException)
+            {
+                // The thread ended meanwhile.
+            }
+        }
+        return ticks / 100.0;
+    }
+
     /// <summary>Peak resident set size in bytes (VmHWM).</summary>
     public long PeakRssBytes()
     {

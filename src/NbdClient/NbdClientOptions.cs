@@ -31,6 +31,11 @@ public sealed record NbdClientOptions
     /// <summary>Cap on READ/WRITE payloads; the effective value is min(this, server maximum, 32 MiB).</summary>
     public int MaxPayload { get; init; } = 32 * 1024 * 1024;
 
+    /// <summary>SO_SNDBUF and SO_RCVBUF of the socket, or 0 for the system's defaults. Larger buffers let
+    /// one big WRITE (or READ reply) cross the socket with fewer wake-ups of either side; the kernel caps
+    /// the value at net.core.wmem_max / rmem_max (212992 on a stock system).</summary>
+    public int SocketBufferSize { get; init; }
+
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
 
     public ILoggerFactory? LoggerFactory { get; init; }

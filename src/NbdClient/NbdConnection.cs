@@ -75,6 +75,11 @@ public sealed partial class NbdConnection : IAsyncDisposable
         Stream? stream = null;
         try
         {
+            if (options.SocketBufferSize > 0)
+            {
+                socket.SendBufferSize = options.SocketBufferSize;
+                socket.ReceiveBufferSize = options.SocketBufferSize;
+            }
             using (var timeout = new CancellationTokenSource(options.ConnectTimeout, options.TimeProvider))
             using (var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token))
             {
@@ -150,6 +155,9 @@ public sealed partial class NbdConnection : IAsyncDisposable
 
     /// <summary>Completes when the connection has failed or closed, with the reason.</summary>
     public Task<Exception> Completion => _completion.Task;
+
+    /// <summary>The socket's SO_SNDBUF as the kernel reports it (tests check NbdClientOptions.SocketBufferSize).</summary>
+    internal int SocketSendBufferSize => _socket.SendBufferSize;
 
     /// <summary>True when a write was acknowledged on this connection since its last successful flush.</summary>
     public bool IsDirty => Volatile.Read(ref _writesAcknowledged) > Volatile.Read(ref _flushedThrough);

@@ -105,6 +105,10 @@ public sealed class BackendOptions
     /// <summary>Bytes per NBD WRITE_ZEROES issued by PATCH zero (below 4 GiB, the protocol's limit).</summary>
     public long ZeroStep { get; set; } = 1024L * 1024 * 1024;
 
+    /// <summary>SO_SNDBUF/SO_RCVBUF of each NBD socket (0: the system's). The kernel caps it at
+    /// net.core.wmem_max/rmem_max; docs/benchmarks.md has what it gained.</summary>
+    public int SocketBufferSize { get; set; } = 4 * 1024 * 1024;
+
     /// <summary>NBD connections per ticket when the export allows multi-conn; 0 (the default) picks one per
     /// core, at most 4.</summary>
     public int NbdConnections { get; set; }

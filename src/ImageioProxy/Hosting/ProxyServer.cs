@@ -78,6 +78,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
         builder.Services.Configure<DaemonOptions>(config.GetSection(DaemonOptions.Section));
         builder.Services.Configure<BackendOptions>(config.GetSection(BackendOptions.Section));
         var httpTuning = config.GetSection(HttpOptions.Section).Get<HttpOptions>() ?? new();
+        builder.Services.Configure<HttpOptions>(config.GetSection(HttpOptions.Section));
         KestrelTuning.AddServices(builder.Services, httpTuning);
         var shutdownTimeout = ShutdownTimeoutOf(config);
         builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
@@ -337,6 +338,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
         if (backend.ZeroStep is < 4096 or > uint.MaxValue - 4095)
         {
             errors.Add($"Backend:ZeroStep={backend.ZeroStep} must lie between 4096 and 4 GiB - 4096");
+        }
+        if (backend.SocketBufferSize is < 0 or > 256 * 1024 * 1024)
+        {
+            errors.Add($"Backend:SocketBufferSize={backend.SocketBufferSize} must be 0 (the system's) or a byte count up to 268435456");
         }
         if (backend.MaxInFlightBytesPerTicket < backend.ChunkSize || backend.MaxInFlightBytes < backend.ChunkSize)
         {

@@ -41,6 +41,7 @@ public sealed partial class TicketStore : IAsyncDisposable
                 RequestTimeout = TimeSpan.FromSeconds(_backend.RequestTimeout),
                 ConnectTimeout = TimeSpan.FromSeconds(_backend.ConnectTimeout),
                 HandshakeTimeout = TimeSpan.FromSeconds(_backend.ConnectTimeout),
+                SocketBufferSize = _backend.SocketBufferSize,
             },
             // Only connecting is retried, never a request: a write is not replayed after a later
             // overlapping one may have been sent; the client resends after a 5xx (docs/reliability.md).

@@ -52,6 +52,28 @@ public class NbdConnectionQemuTests
     }
 
     [Fact]
+    public async Task SocketBufferSize_EnlargesTheSendBuffer_AndLargeWritesStillLandExactly()
+    {
+        using var dir = TempDirectory.Create();
+        var image = dir.Combine("disk.raw");
+        await QemuImg.CreateAsync(image, "raw", Size);
+        await using var server = await QemuNbdServer.StartAsync(image);
+        int systemDefault;
+        using (var plain = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified))
+            systemDefault = plain.SendBufferSize;
+        await using var connection = await NbdConnection.ConnectAsync(Endpoints.Of(server), new NbdClientOptions { SocketBufferSize = 8 * systemDefault });
+
+        // The kernel caps the value at net.core.wmem_max and doubles it, so it is larger than the default
+        // on any sane system, though not necessarily what was asked.
+        connection.SocketSendBufferSize.Should().BeGreaterThan(systemDefault);
+        var data = Endpoints.RandomBytes(16 << 20, 7);
+        await connection.WriteAsync(4096, data);
+        var back = new byte[data.Length];
+        await connection.ReadAsync(4096, back);
+        back.AsSpan().SequenceEqual(data).Should().BeTrue();
+    }
+
+    [Fact]
     public async Task ReadAcrossAHole_ZeroFillsTheHole()
     {
         using var dir = TempDirectory.Create();
