@@ -35,9 +35,11 @@ hang_timeout=${TEST_HANG_TIMEOUT:-5m}
 run_timeout=${TEST_RUN_TIMEOUT:-75m}
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
-# The proxy sets this for itself in Program.cs; the tests host it in-process, so they set it too and run
-# the data path the way production does (socket continuations inline on the epoll thread).
-export DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=${DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS:-1}
+# The proxy runs socket continuations inline on the runtime's epoll threads (Program.cs sets
+# DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 for itself). The child-process tests (load, crash, shutdown,
+# the CLI binary) run it that way. In-process tests keep the runtime default: test code waits synchronously
+# in places (an OpenTelemetry shutdown awaited on a socket continuation stalled an epoll thread, and with it
+# other tests' sockets), which the proxy's own code never does.
 
 log() { printf 'test.sh: %s\n' "$*" >&2; }
 
