@@ -186,7 +186,7 @@ public sealed partial class DataApi
         {
             try
             {
-                await Transfers.UploadAsync(http.Request.Body, pool, offset, length, limit, _tickets.ChunkBuffers, Budgets(ticket), operation, ct);
+                await Transfers.UploadAsync(http.Request.BodyReader, pool, offset, length, limit, _tickets.ChunkBuffers, Budgets(ticket), operation, ct);
             }
             catch (PartialContentException e)
             {
