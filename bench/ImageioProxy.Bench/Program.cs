@@ -100,6 +100,24 @@ internal sealed partial class Suite(BenchSettings settings)
         var description = string.Join(' ', settings.BArgs.Concat(settings.BEnvironment.Select(e => $"{e.Key}={e.Value}"))
             .Concat(settings.BProxyPath is null ? [] : [$"proxy {settings.BProxyPath}"]));
         var tls = settings.Only.Contains("AB-TLS");
+        if (settings.Only.Contains("AB-S2"))
+        {
+            // S2's traffic (4 parallel range PUTs + flush) instead of S1's.
+            var parts = await Images.SplitAsync(_source, 4, cancellationToken);
+            try
+            {
+                await CompareAsync(new ComparisonResult("AB", $"S2 with `{description}` (B) vs without (A)", "B / A",
+                    [
+                        new("B: with", (round, ct) => ProxyParallelUploadAsync(parts, round, ct, b)),
+                        new("A: without", (round, ct) => ProxyParallelUploadAsync(parts, round, ct)),
+                    ]), cancellationToken);
+            }
+            finally
+            {
+                parts.ForEach(File.Delete);
+            }
+            return;
+        }
         var result = new ComparisonResult("AB", $"S1{(tls ? " over HTTPS" : "")} with `{description}` (B) vs without (A)", "B / A",
             [
                 new("B: with", (round, ct) => ProxyCurlUploadAsync(round, tls, unix: false, ct, variant: b)),
@@ -267,13 +285,13 @@ internal sealed partial class Suite(BenchSettings settings)
         return measurement;
     }
 
-    private async Task<Measurement> ProxyParallelUploadAsync(List<string> parts, int round, CancellationToken cancellationToken)
+    private async Task<Measurement> ProxyParallelUploadAsync(List<string> parts, int round, CancellationToken cancellationToken, ProxyVariant? variant = null)
     {
         var size = settings.Size;
         var target = FreshTarget(Dir, size);
         await using var qemu = await QemuNbd.StartAsync(target, NbdSocket, readOnly: false, cancellationToken);
         Measurement measurement;
-        await using (var proxy = await ProxyProcess.StartAsync(settings, NbdSocket, size, tls: false, cancellationToken))
+        await using (var proxy = await ProxyProcess.StartAsync(settings, NbdSocket, size, tls: false, cancellationToken, variant))
         {
             var url = proxy.Url.ToString();
             await WarmUpOverTcpAsync(new Uri(url), cancellationToken);
