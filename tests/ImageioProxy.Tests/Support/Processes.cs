@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 
 namespace ImageioProxy.Tests.Support;
@@ -13,42 +12,18 @@ public sealed record CurlResult(int Status, IReadOnlyDictionary<string, string> 
     public string? Header(string name) => Headers.TryGetValue(name.ToLowerInvariant(), out var value) ? value : null;
 }
 
-/// <summary>Small process helpers until TestSupport's ExternalProcess/Curl runner are used.</summary>
+/// <summary>Process helpers of these tests, on top of TestSupport's <see cref="TestSupport.ExternalProcess"/>.</summary>
 public static class Processes
 {
     public static async Task<ProcessResult> RunAsync(string tool, IEnumerable<string> args, IDictionary<string, string>? environment = null,
         CancellationToken cancellationToken = default)
     {
-        var start = new ProcessStartInfo(tool)
+        var options = new TestSupport.ExternalProcessOptions
         {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
+            Environment = environment?.ToDictionary(e => e.Key, e => (string?)e.Value),
         };
-        foreach (var arg in args)
-        {
-            start.ArgumentList.Add(arg);
-        }
-        if (environment is not null)
-        {
-            foreach (var (key, value) in environment)
-            {
-                start.Environment[key] = value;
-            }
-        }
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync(cancellationToken);
-        var stderr = process.StandardError.ReadToEndAsync(cancellationToken);
-        try
-        {
-            await process.WaitForExitAsync(cancellationToken);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            throw;
-        }
-        return new ProcessResult(process.ExitCode, await stdout, await stderr);
+        var result = await TestSupport.ExternalProcess.RunAsync(tool, args, TimeSpan.FromMinutes(5), options, cancellationToken);
+        return new ProcessResult(result.ExitCode, result.StandardOutput, result.StandardError);
     }
 
     public static async Task<ProcessResult> CheckAsync(string tool, params string[] args)

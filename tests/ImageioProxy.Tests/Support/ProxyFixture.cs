@@ -17,7 +17,7 @@ public class ProxyFixture : IAsyncLifetime
 
     private readonly IReadOnlyDictionary<string, string?> _settings;
     private readonly TimeProvider? _time;
-    private Process? _qemuNbd;
+    private QemuNbdServer? _qemuNbd;
 
     public ProxyFixture() : this("raw") { }
 
@@ -30,7 +30,6 @@ public class ProxyFixture : IAsyncLifetime
         _time = time;
         Directory = System.IO.Directory.CreateTempSubdirectory("imageio-proxy-test-").FullName;
         ImagePath = Path.Combine(Directory, $"disk.{format}");
-        NbdSocket = Path.Combine(Directory, "nbd.sock");
         LocalSocket = Path.Combine(Directory, "local.sock");
         ControlSocket = Path.Combine(Directory, "control.sock");
     }
@@ -39,7 +38,8 @@ public class ProxyFixture : IAsyncLifetime
     public long ImageSize { get; }
     public string Directory { get; }
     public string ImagePath { get; }
-    public string NbdSocket { get; }
+    /// <summary>The unix socket of this fixture's qemu-nbd (once started).</summary>
+    public string NbdSocket => _qemuNbd?.SocketPath ?? throw new InvalidOperationException("qemu-nbd is not started");
     public string LocalSocket { get; }
     public string ControlSocket { get; }
 
@@ -65,15 +65,11 @@ public class ProxyFixture : IAsyncLifetime
     public async Task InitializeAsync()
     {
         await Processes.CheckAsync("qemu-img", "create", "-q", "-f", Format, ImagePath, ImageSize.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        _qemuNbd = StartQemuNbd();
-        for (var i = 0; !File.Exists(NbdSocket); i++)
+        // --shared=0: many tickets of one test class each open a pool on this export.
+        _qemuNbd = await QemuNbdServer.StartAsync(ImagePath, new QemuNbdOptions
         {
-            if (_qemuNbd.HasExited || i > 200)
-            {
-                throw new InvalidOperationException($"qemu-nbd did not start: {await _qemuNbd.StandardError.ReadToEndAsync()}");
-            }
-            await Task.Delay(25);
-        }
+            Format = Format, Shared = 0, Cache = "writeback", AllocationDepth = true,
+        });
 
         var settings = new Dictionary<string, string?>
         {
@@ -108,12 +104,10 @@ public class ProxyFixture : IAsyncLifetime
         {
             await Server.DisposeAsync();
         }
-        if (_qemuNbd is { HasExited: false })
+        if (_qemuNbd is not null)
         {
-            _qemuNbd.Kill();
-            await _qemuNbd.WaitForExitAsync();
+            await _qemuNbd.DisposeAsync();
         }
-        _qemuNbd?.Dispose();
         System.IO.Directory.Delete(Directory, recursive: true);
     }
 
@@ -222,22 +216,6 @@ public class ProxyFixture : IAsyncLifetime
         {
             File.Delete(copy);
         }
-    }
-
-    private Process StartQemuNbd()
-    {
-        // --shared=0: many tickets of one test class each open a pool on this export.
-        var start = new ProcessStartInfo("qemu-nbd")
-        {
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var arg in new[] { "--persistent", "--shared=0", "--cache=writeback", $"--format={Format}", "--allocation-depth", $"--socket={NbdSocket}", ImagePath })
-        {
-            start.ArgumentList.Add(arg);
-        }
-        start.Environment["GLIBC_TUNABLES"] = "glibc.malloc.mmap_threshold=33554432";
-        return Process.Start(start)!;
     }
 }
 
