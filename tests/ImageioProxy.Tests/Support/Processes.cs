@@ -12,17 +12,17 @@ public sealed record CurlResult(int Status, IReadOnlyDictionary<string, string> 
     public string? Header(string name) => Headers.TryGetValue(name.ToLowerInvariant(), out var value) ? value : null;
 }
 
-/// <summary>Process helpers of these tests, on top of TestSupport's <see cref="TestSupport.ExternalProcess"/>.</summary>
+/// <summary>Process helpers of these tests, on top of TestSupport's <see cref="global::TestSupport.ExternalProcess"/>.</summary>
 public static class Processes
 {
     public static async Task<ProcessResult> RunAsync(string tool, IEnumerable<string> args, IDictionary<string, string>? environment = null,
         CancellationToken cancellationToken = default)
     {
-        var options = new TestSupport.ExternalProcessOptions
+        var options = new global::TestSupport.ExternalProcessOptions
         {
             Environment = environment?.ToDictionary(e => e.Key, e => (string?)e.Value),
         };
-        var result = await TestSupport.ExternalProcess.RunAsync(tool, args, TimeSpan.FromMinutes(5), options, cancellationToken);
+        var result = await global::TestSupport.ExternalProcess.RunAsync(tool, args, TimeSpan.FromMinutes(5), options, cancellationToken);
         return new ProcessResult(result.ExitCode, result.StandardOutput, result.StandardError);
     }
 

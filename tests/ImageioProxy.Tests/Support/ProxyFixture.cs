@@ -1,9 +1,9 @@
-using System.Diagnostics;
 using System.Net.Http.Json;
 using System.Net.Sockets;
 using ImageioProxy.Hosting;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using TestSupport;
 
 namespace ImageioProxy.Tests.Support;
 
