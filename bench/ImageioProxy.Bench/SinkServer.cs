@@ -12,6 +12,11 @@ internal static class SinkServer
 {
     public static async Task<int> RunAsync(string[] args)
     {
+        // As the proxy does for itself (its Program.cs), before the first socket operation of this process.
+        if (Environment.GetEnvironmentVariable(ImageioProxy.Hosting.KestrelTuning.InlineCompletionsVariable) is null)
+        {
+            Environment.SetEnvironmentVariable(ImageioProxy.Hosting.KestrelTuning.InlineCompletionsVariable, "1");
+        }
         int port = 0;
         string? cert = null, key = null;
         var tuned = true;

@@ -78,7 +78,6 @@ public sealed partial class ProxyServer : IAsyncDisposable
         builder.Services.Configure<DaemonOptions>(config.GetSection(DaemonOptions.Section));
         builder.Services.Configure<BackendOptions>(config.GetSection(BackendOptions.Section));
         var httpTuning = config.GetSection(HttpOptions.Section).Get<HttpOptions>() ?? new();
-        builder.Services.Configure<HttpOptions>(config.GetSection(HttpOptions.Section));
         KestrelTuning.AddServices(builder.Services, httpTuning);
         var shutdownTimeout = ShutdownTimeoutOf(config);
         builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
