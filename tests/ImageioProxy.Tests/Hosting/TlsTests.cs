@@ -4,7 +4,7 @@ using ImageioProxy.Tests.Support;
 namespace ImageioProxy.Tests.Hosting;
 
 /// <summary>The proxy with TLS on the remote service, using a self-signed certificate made by openssl.</summary>
-public sealed class TlsProxyFixture : ProxyFixture
+public sealed class TlsProxyFixture : ProxyFixture, IAsyncLifetime
 {
     public TlsProxyFixture() : this(CreateCertificate()) { }
 
@@ -20,6 +20,13 @@ public sealed class TlsProxyFixture : ProxyFixture
     public string CertFile { get; }
 
     public string HttpsUrl(string ticketId) => $"https://127.0.0.1:{Server.RemotePort}/images/{ticketId}";
+
+    /// <summary>Also removes the throw-away certificate and its private key.</summary>
+    public new async Task DisposeAsync()
+    {
+        await base.DisposeAsync();
+        System.IO.Directory.Delete(Path.GetDirectoryName(CertFile)!, recursive: true);
+    }
 
     private static (string Cert, string Key) CreateCertificate()
     {
