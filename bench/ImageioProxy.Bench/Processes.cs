@@ -33,20 +33,7 @@ internal sealed class ChildProcess : IAsyncDisposable
 
     public static ChildProcess Start(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment = null)
     {
-        var start = new ProcessStartInfo(file)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var arg in args)
-        {
-            start.ArgumentList.Add(arg);
-        }
-        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
-        {
-            start.Environment[key] = value;
-        }
+        var start = Tool.StartInfo(file, args, environment);
         return new ChildProcess(Process.Start(start) ?? throw new InvalidOperationException($"{file} did not start"));
     }
 
@@ -189,8 +176,8 @@ internal sealed class ChildProcess : IAsyncDisposable
 /// <summary>Runs a tool to completion; fails with its output when it exits non-zero.</summary>
 internal static class Tool
 {
-    public static async Task<string> RunAsync(string file, IEnumerable<string> args, CancellationToken cancellationToken,
-        IReadOnlyDictionary<string, string>? environment = null)
+    /// <summary>How both runners start a process: output captured, arguments unquoted, environment added.</summary>
+    public static ProcessStartInfo StartInfo(string file, IEnumerable<string> args, IReadOnlyDictionary<string, string>? environment)
     {
         var start = new ProcessStartInfo(file)
         {
@@ -206,6 +193,13 @@ internal static class Tool
         {
             start.Environment[key] = value;
         }
+        return start;
+    }
+
+    public static async Task<string> RunAsync(string file, IEnumerable<string> args, CancellationToken cancellationToken,
+        IReadOnlyDictionary<string, string>? environment = null)
+    {
+        var start = Tool.StartInfo(file, args, environment);
         using var process = Process.Start(start) ?? throw new InvalidOperationException($"{file} did not start");
         var stdout = process.StandardOutput.ReadToEndAsync(cancellationToken);
         var stderr = process.StandardError.ReadToEndAsync(cancellationToken);
