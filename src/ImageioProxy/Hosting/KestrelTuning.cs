@@ -23,7 +23,11 @@ public static class KestrelTuning
         {
             services.AddSingleton<IMemoryPoolFactory<byte>>(new LargeBlockMemoryPoolFactory(options.PoolBlockSize));
         }
-        services.Configure<SocketTransportOptions>(socket => socket.UnsafePreferInlineScheduling = options.InlineScheduling);
+        services.Configure<SocketTransportOptions>(socket =>
+        {
+            socket.UnsafePreferInlineScheduling = options.InlineScheduling;
+            socket.WaitForDataBeforeAllocatingBuffer = options.WaitForDataBeforeAllocatingBuffer;
+        });
     }
 
     public static void ApplyLimits(KestrelServerOptions kestrel, HttpOptions options)
