@@ -59,7 +59,10 @@ public sealed partial class NbdConnection
                             {
                                 await _stream.WriteAsync(buffer.AsMemory(0, used)).ConfigureAwait(false);
                                 used = 0;
-                                await _stream.WriteAsync(payload).ConfigureAwait(false);
+                                if (_splice is not null && payload.Length >= SpliceSender.MinimumPayload)
+                                    await SendByReferenceAsync(request, payload).ConfigureAwait(false);
+                                else
+                                    await _stream.WriteAsync(payload).ConfigureAwait(false);
                             }
                         }
                     }
@@ -79,6 +82,14 @@ public sealed partial class NbdConnection
         {
             Fail(TransmissionError(ex, "sending"));
         }
+    }
+
+    /// <summary>Zero-copy send: the payload stays pinned until the server answers (NbdRequest.LendPayload).</summary>
+    private unsafe Task SendByReferenceAsync(NbdRequest request, ReadOnlyMemory<byte> payload)
+    {
+        var pin = payload.Pin();
+        request.LendPayload(pin);
+        return _splice!.SendAsync((byte*)pin.Pointer, payload.Length);
     }
 
     private async Task ShutdownSendAsync()
@@ -298,7 +309,7 @@ public sealed partial class NbdConnection
             OnServerShutdown();
         Release(request, error, sent: true);
         RecordMetrics(request);
-        request.Finish(error);
+        request.Finish(error, answered: true);
     }
 
     private void RecordMetrics(NbdRequest request)

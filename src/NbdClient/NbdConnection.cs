@@ -33,6 +33,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
     private readonly TaskCompletionSource<Exception> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ITimer? _timeoutTimer;
+    private readonly SpliceSender? _splice;
     private readonly Task _writeLoop;
     private readonly Task _readLoop;
     private ulong _nextCookie;
@@ -52,6 +53,9 @@ public sealed partial class NbdConnection : IAsyncDisposable
         _endpointText = endpoint.ToString();
         _logger = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger<NbdConnection>();
         _slots = new SemaphoreSlim(Math.Max(1, options.MaxInFlight));
+        // Only a plain socket can take spliced pages; TLS encrypts into its own buffers anyway.
+        if (options.ZeroCopyWrites && _stream is NetworkStream)
+            _splice = SpliceSender.TryCreate(socket);
         NbdTelemetry.Connections.Add(1);
 
         // Loops run without the caller's execution context (no ambient Activity or AsyncLocal leaks).
@@ -159,6 +163,9 @@ public sealed partial class NbdConnection : IAsyncDisposable
 
     /// <summary>Completes when the connection has failed or closed, with the reason.</summary>
     public Task<Exception> Completion => _completion.Task;
+
+    /// <summary>True when large WRITE payloads go to the socket by reference (<see cref="NbdClientOptions.ZeroCopyWrites"/>).</summary>
+    internal bool SendsByReference => _splice is not null;
 
     /// <summary>The socket's SO_SNDBUF as the kernel reports it (tests check NbdClientOptions.SocketBufferSize).</summary>
     internal int SocketSendBufferSize => _socket.SendBufferSize;
@@ -434,6 +441,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
         }
         _sendQueue.Writer.TryComplete();
         _timeoutTimer?.Dispose();
+        _splice?.Dispose();
         try
         {
             _stream.Dispose();
@@ -457,7 +465,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
                 ? new NbdOutcomeUnknownException(request.Command, request.Offset, request.Length, error)
                 : error;
             Release(request, requestError, sent);
-            request.Finish(requestError);
+            request.Finish(requestError, answered: false);
         }
         NbdTelemetry.Connections.Add(-1);
         _drained.TrySetResult();

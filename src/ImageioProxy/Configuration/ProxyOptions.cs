@@ -109,6 +109,11 @@ public sealed class BackendOptions
     /// net.core.wmem_max/rmem_max; docs/benchmarks.md has what it gained.</summary>
     public int SocketBufferSize { get; set; } = 4 * 1024 * 1024;
 
+    /// <summary>Send PUT data to qemu-nbd without copying it into the socket (Linux vmsplice + splice, plain
+    /// sockets only): NbdClientOptions.ZeroCopyWrites. Safe here because a chunk buffer is reused only after
+    /// its write was acknowledged.</summary>
+    public bool ZeroCopyWrites { get; set; } = true;
+
     /// <summary>NBD connections per ticket when the export allows multi-conn; 0 (the default) picks one per
     /// core, at most 4.</summary>
     public int NbdConnections { get; set; }
@@ -200,7 +205,6 @@ public sealed class HttpOptions
     /// the runtime's inline socket completions (DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1, which the
     /// proxy sets for itself unless the environment says otherwise); docs/benchmarks.md.</summary>
     public bool InlineScheduling { get; set; } = true;
-}
 
     /// <summary>Kestrel's SocketTransportOptions.WaitForDataBeforeAllocatingBuffer: park an idle
     /// connection in a zero-byte receive and take a pool block only when data arrives. Off by default:
@@ -208,3 +212,4 @@ public sealed class HttpOptions
     /// CPU (docs/benchmarks.md); the price is one pool block (Http:PoolBlockSize) held by every open
     /// connection.</summary>
     public bool WaitForDataBeforeAllocatingBuffer { get; set; }
+}

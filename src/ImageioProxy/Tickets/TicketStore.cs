@@ -42,6 +42,7 @@ public sealed partial class TicketStore : IAsyncDisposable
                 ConnectTimeout = TimeSpan.FromSeconds(_backend.ConnectTimeout),
                 HandshakeTimeout = TimeSpan.FromSeconds(_backend.ConnectTimeout),
                 SocketBufferSize = _backend.SocketBufferSize,
+                ZeroCopyWrites = _backend.ZeroCopyWrites,
             },
             // Only connecting is retried, never a request: a write is not replayed after a later
             // overlapping one may have been sent; the client resends after a 5xx (docs/reliability.md).

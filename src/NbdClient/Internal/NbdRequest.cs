@@ -1,3 +1,4 @@
+using System.Buffers;
 using NbdClient.Protocol;
 
 namespace NbdClient.Internal;
@@ -88,6 +89,24 @@ internal sealed class NbdRequest
     private bool _everSent;
     private bool _finishPending;
     private Exception? _finishError;
+    private bool _finishAnswered;
+
+    // A zero-copy send (SpliceSender) leaves the payload's pages in the socket until the server has read
+    // them, which only its reply proves. Until then the payload stays pinned and a cancelled caller waits.
+    private MemoryHandle _lentPin;
+    private bool _lent;
+
+    /// <summary>Writer: the payload is about to go to the kernel by reference; <paramref name="pin"/> is
+    /// released when the server answers. If the connection dies first, the server may still read the pages
+    /// from its socket, so the pin is never released: that memory stays valid and is never reused.</summary>
+    public void LendPayload(MemoryHandle pin)
+    {
+        lock (_caller)
+        {
+            _lentPin = pin;
+            _lent = true;
+        }
+    }
 
     /// <summary>Writer: claim the request for sending. False when it was cancelled while queued.</summary>
     public bool TryBeginSend()
@@ -141,10 +160,11 @@ internal sealed class NbdRequest
         {
             _finishPending = false;
             _state = RequestState.Finished;
+            ReturnLentPayload(_finishAnswered);
             CompleteCaller(_finishError);
             return;
         }
-        if (_cancelRequested && !_detached)
+        if (_cancelRequested && !_detached && !_lent)
         {
             _detached = true;
             _caller.TrySetCanceled();
@@ -163,6 +183,9 @@ internal sealed class NbdRequest
                     _state = RequestState.Finished;
                     _caller.TrySetCanceled(token);
                     return true;
+                case RequestState.Sent when _lent:
+                    _cancelRequested = true; // the kernel still holds the payload: released by Finish
+                    return false;
                 case RequestState.Sent:
                     _detached = true;
                     _caller.TrySetCanceled(token);
@@ -177,9 +200,10 @@ internal sealed class NbdRequest
         }
     }
 
-    /// <summary>Last reply chunk arrived, or the connection failed. If the writer or the reader is still
-    /// using the caller's memory, the caller is released when they are done with it.</summary>
-    public void Finish(Exception? error)
+    /// <summary>Last reply chunk arrived (<paramref name="answered"/>), or the connection failed. If the
+    /// writer or the reader is still using the caller's memory, the caller is released when they are done
+    /// with it.</summary>
+    public void Finish(Exception? error, bool answered)
     {
         Registration.Dispose();
         _settled.TrySetResult(error);
@@ -189,10 +213,28 @@ internal sealed class NbdRequest
             {
                 _finishPending = true;
                 _finishError = error;
+                _finishAnswered = answered;
                 return;
             }
             _state = RequestState.Finished;
+            ReturnLentPayload(answered);
+            if (_cancelRequested && !_detached)
+            {
+                // Cancelled while the kernel held the payload: released only now.
+                _detached = true;
+                _caller.TrySetCanceled();
+                return;
+            }
             CompleteCaller(error);
+        }
+    }
+
+    private void ReturnLentPayload(bool answered)
+    {
+        if (_lent && answered)
+        {
+            _lent = false;
+            _lentPin.Dispose();
         }
     }
 

@@ -14,6 +14,13 @@ public class BackendOptionsTests
     }
 
     [Fact]
+    public void Zero_copy_writes_are_on_by_default()
+    {
+        // The library leaves them off (its callers may reuse a failed write's buffer); the proxy never does.
+        new BackendOptions().ZeroCopyWrites.Should().BeTrue();
+    }
+
+    [Fact]
     public void A_negative_NbdConnections_is_refused_at_start()
     {
         var act = () => ProxyServer.Create([], config => config.AddInMemoryCollection(new Dictionary<string, string?>

@@ -1,0 +1,91 @@
+using NbdClient.Tests.Fakes;
+
+namespace NbdClient.Tests.Internal;
+
+/// <summary>Zero-copy writes (NbdClientOptions.ZeroCopyWrites, SpliceSender) against the in-process server:
+/// what it receives, and who may touch a payload while the kernel may still hold its pages.</summary>
+public sealed class SpliceSenderTests : FakeServerTestBase
+{
+    private static NbdClientOptions ZeroCopy { get; } = Patient with { ZeroCopyWrites = true };
+
+    [Fact]
+    public void ZeroCopyWrites_IsOffByDefault()
+    {
+        new NbdClientOptions().ZeroCopyWrites.Should().BeFalse("the library cannot know that its callers leave a failed write's buffer alone");
+    }
+
+    [Fact]
+    public async Task Payloads_ArriveIntact_InOrder_WithSmallWritesBetween()
+    {
+        Server.Size = 16 << 20;
+        var conn = await ConnectAsync(ZeroCopy);
+        conn.SendsByReference.Should().BeTrue();
+
+        var payloads = new[] { Pattern(2 << 20, 1), Pattern(4096, 2), Pattern((1 << 20) + 5, 3), Pattern(64 << 10, 4) };
+        var writes = payloads.Select((p, i) => conn.WriteAsync(i * (4L << 20), p).AsTask()).ToList();
+        await ShouldSucceedAsync(Task.WhenAll(writes), "the writes");
+
+        for (var i = 0; i < payloads.Length; i++)
+        {
+            Server.Disk.Read(i * (4L << 20), payloads[i].Length).Should().Equal(payloads[i], "write {0} must land as sent", i);
+        }
+        var session = await Server.SessionAsync();
+        session.Requests.Where(r => r.Type == Wire.CmdWrite).Select(r => (long)r.Offset)
+            .Should().Equal(payloads.Select((_, i) => i * (4L << 20)), "one writer sends requests in the order they were submitted");
+        session.Violations.Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task CancelledWrite_HoldsTheCaller_UntilTheServerAnswers()
+    {
+        var arrived = new TaskCompletionSource<FakeRequest>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Server.Transmission = async s =>
+        {
+            var w = (await s.ReadRequestsAsync(1))[0];
+            arrived.SetResult(w);
+            await release.Task.WaitAsync(TestBounds.Hang);
+            await s.ReplyDefaultAsync(w);
+            await s.ServeAsync();
+        };
+        var conn = await ConnectAsync(ZeroCopy);
+        using var cts = new CancellationTokenSource();
+        var data = Pattern(1 << 20, 9);
+        var write = conn.WriteAsync(0, data, cancellationToken: cts.Token).AsTask();
+        await Bounded(arrived.Task, "the write reaching the server");
+
+        cts.Cancel();
+        await Task.Delay(200); // room for a wrong early release to happen
+        write.IsCompleted.Should().BeFalse("until the reply, the server's socket may still hold the caller's pages");
+
+        release.SetResult();
+        var ex = await OutcomeAsync(write, "cancelled write");
+        ex.Should().BeAssignableTo<OperationCanceledException>("the caller cancelled; got {0}", ex);
+        (await arrived.Task).Payload.Should().Equal(data);
+        var back = new byte[data.Length];
+        await ShouldSucceedAsync(conn.ReadAsync(0, back).AsTask(), "read back on the same connection");
+        back.Should().Equal(data);
+        conn.IsClosed.Should().BeFalse();
+    }
+
+    [Fact]
+    public async Task ServerGoneMidPayload_FailsTheWrite_AsOutcomeUnknown_WithoutHanging()
+    {
+        var headerRead = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Server.Transmission = async s =>
+        {
+            await s.ReadExactAsync(28); // the request header only: the payload stays in the socket
+            headerRead.SetResult();
+            s.Abort();
+        };
+        Server.Size = 32 << 20;
+        var conn = await ConnectAsync(ZeroCopy with { SocketBufferSize = 64 << 10 });
+
+        var write = conn.WriteAsync(0, Pattern(16 << 20, 3)).AsTask();
+        await Bounded(headerRead.Task, "the request header reaching the server");
+        var ex = await OutcomeAsync(write, "the write to a vanished server");
+
+        ex.Should().BeOfType<NbdOutcomeUnknownException>("the request was on the wire when the connection died; got {0}", ex);
+        conn.IsClosed.Should().BeTrue();
+    }
+}
