@@ -33,7 +33,7 @@ internal sealed unsafe partial class SpliceSender : IDisposable
     private readonly SafeHandle _socket;
     private readonly int _pipeRead;
     private readonly int _pipeWrite;
-    private readonly Thread _thread;
+    private Thread? _thread; // started by the first send: a connection that only reads never needs it
     private readonly object _gate = new();
     private Job? _job;
     private bool _disposed;
@@ -44,9 +44,10 @@ internal sealed unsafe partial class SpliceSender : IDisposable
         _socket = socket;
         _pipeRead = pipeRead;
         _pipeWrite = pipeWrite;
-        _thread = new Thread(Run) { IsBackground = true, Name = "NBD splice" };
-        _thread.Start();
     }
+
+    /// <summary>The pipe's descriptors (tests check that they are closed).</summary>
+    internal (int Read, int Write) Pipe => (_pipeRead, _pipeWrite);
 
     /// <summary>A sender for <paramref name="socket"/>, or null where zero-copy is unavailable (not Linux,
     /// or no pipe could be made): the caller then sends as usual.</summary>
@@ -74,7 +75,7 @@ internal sealed unsafe partial class SpliceSender : IDisposable
     /// its next payload is sent right there, without a hand-off between threads.</summary>
     public Task SendAsync(byte* data, int length)
     {
-        if (Thread.CurrentThread == _thread)
+        if (_thread is not null && Thread.CurrentThread == _thread)
         {
             try
             {
@@ -94,6 +95,12 @@ internal sealed unsafe partial class SpliceSender : IDisposable
             if (_job is not null)
                 throw new InvalidOperationException("a splice send is already running");
             _job = job;
+            if (_thread is null)
+            {
+                // Small stack: the thread only loops over a few system calls.
+                _thread = new Thread(Run, 256 * 1024) { IsBackground = true, Name = "NBD splice" };
+                _thread.Start();
+            }
             Monitor.Pulse(_gate);
         }
         return job.Done.Task;
@@ -103,9 +110,22 @@ internal sealed unsafe partial class SpliceSender : IDisposable
     {
         lock (_gate)
         {
-            _disposed = true; // the thread closes the pipe once it is out of any call that uses it
-            Monitor.Pulse(_gate);
+            if (_disposed)
+                return;
+            _disposed = true;
+            if (_thread is not null)
+            {
+                Monitor.Pulse(_gate); // the thread closes the pipe once it is out of any call that uses it
+                return;
+            }
         }
+        ClosePipe();
+    }
+
+    private void ClosePipe()
+    {
+        _ = close(_pipeRead);
+        _ = close(_pipeWrite);
     }
 
     private void Run()
@@ -144,8 +164,7 @@ internal sealed unsafe partial class SpliceSender : IDisposable
                 _job?.Done.TrySetException(new ObjectDisposedException(nameof(SpliceSender)));
                 _job = null;
             }
-            _ = close(_pipeRead);
-            _ = close(_pipeWrite);
+            ClosePipe();
         }
     }
 

@@ -1,3 +1,5 @@
+using System.Net.Sockets;
+using NbdClient.Internal;
 using NbdClient.Tests.Fakes;
 
 namespace NbdClient.Tests.Internal;
@@ -87,5 +89,83 @@ public sealed class SpliceSenderTests : FakeServerTestBase
 
         ex.Should().BeOfType<NbdOutcomeUnknownException>("the request was on the wire when the connection died; got {0}", ex);
         conn.IsClosed.Should().BeTrue();
+    }
+
+    [Fact]
+    public void Disposing_an_unused_sender_closes_its_pipe_at_once()
+    {
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        var sender = SpliceSender.TryCreate(socket);
+        sender.Should().NotBeNull("pipe2 works on Linux");
+        var pipe = sender!.Pipe;
+        var read = PipeIdentity(pipe.Read);
+        var write = PipeIdentity(pipe.Write);
+        read.Should().StartWith("pipe:");
+
+        sender.Dispose();
+
+        PipeIdentity(pipe.Read).Should().NotBe(read, "the descriptor is closed (or reused for something else)");
+        PipeIdentity(pipe.Write).Should().NotBe(write);
+    }
+
+    [Fact]
+    public async Task A_sender_that_ran_sends_exactly_and_closes_its_pipe_when_disposed()
+    {
+        using var dir = global::TestSupport.TempDirectory.Create();
+        var path = dir.Combine("s.sock");
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(path));
+        listener.Listen();
+        using var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await client.ConnectAsync(new UnixDomainSocketEndPoint(path));
+        using var server = await listener.AcceptAsync();
+        var sender = SpliceSender.TryCreate(client)!;
+        var pipe = sender.Pipe;
+        var read = PipeIdentity(pipe.Read);
+
+        // More than the pipe and the socket buffer hold, so the sender has to wait for room at least once.
+        var data = GC.AllocateUninitializedArray<byte>(8 << 20, pinned: true);
+        new Random(5).NextBytes(data);
+        var received = new byte[data.Length];
+        var receive = Task.Run(async () =>
+        {
+            for (var got = 0; got < received.Length;)
+            {
+                got += await server.ReceiveAsync(received.AsMemory(got));
+            }
+        });
+        await Bounded(SendAsync(sender, data), "the spliced send");
+        await Bounded(receive, "receiving what was spliced");
+        received.Should().Equal(data);
+
+        sender.Dispose();
+        await Bounded(Task.Run(async () =>
+        {
+            while (PipeIdentity(pipe.Read) == read)
+            {
+                await Task.Delay(10);
+            }
+        }), "the sender's thread closing the pipe");
+    }
+
+    private static unsafe Task SendAsync(SpliceSender sender, byte[] pinned)
+    {
+        fixed (byte* data = pinned)
+        {
+            return sender.SendAsync(data, pinned.Length); // the array is on the pinned heap: the address stays valid
+        }
+    }
+
+    /// <summary>What a descriptor of this process refers to ("pipe:[inode]"), or "" once it is closed.</summary>
+    private static string PipeIdentity(int fd)
+    {
+        try
+        {
+            return new FileInfo($"/proc/self/fd/{fd}").LinkTarget ?? "";
+        }
+        catch (IOException)
+        {
+            return "";
+        }
     }
 }
