@@ -83,6 +83,8 @@ internal static class Report
         Console.WriteLine($"wrote {path}");
     }
 
+    private static readonly string[] SocketBufferSettings = ["wmem_default", "wmem_max", "rmem_max"];
+
     private static async Task<string> MachineAsync(CancellationToken cancellationToken)
     {
         var cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "?";
@@ -91,7 +93,9 @@ internal static class Report
         var nbdcopy = (await Tool.RunAsync("nbdcopy", ["--version"], cancellationToken)).Split('\n')[0].Trim();
         var curl = (await Tool.RunAsync("curl", ["--version"], cancellationToken)).Split(' ')[1];
         var kernel = (await Tool.RunAsync("uname", ["-r"], cancellationToken)).Trim();
+        // Socket buffer limits move S4 (curl's unix socket gets wmem_default) and the NBD buffers (capped at wmem_max).
+        var buffers = string.Join(", ", SocketBufferSettings.Select(name => $"net.core.{name} {File.ReadAllText($"/proc/sys/net/core/{name}").Trim()}"));
         return $"{Environment.ProcessorCount} vCPU ({cpu}), {long.Parse(memory, System.Globalization.CultureInfo.InvariantCulture) >> 20} GiB RAM, "
-            + $"Linux {kernel}, .NET {Environment.Version}, {qemu}, {nbdcopy}, curl {curl}, tmpfs source and target (S8: target on ext4/virtio).";
+            + $"Linux {kernel}, .NET {Environment.Version}, {qemu}, {nbdcopy}, curl {curl}, {buffers}, tmpfs source and target (S8: target on ext4/virtio).";
     }
 }
