@@ -39,9 +39,10 @@ public sealed record NbdClientOptions
     /// <summary>On Linux, send WRITE payloads of 64 KiB and more without copying them into the socket
     /// (vmsplice + splice; not over TLS). The server then reads them from the caller's memory, so a write's
     /// buffer stays in use until its reply: a cancelled write completes only then, and if the connection
-    /// fails first the buffer is pinned for good and must not be modified or reused, because the server
-    /// may still read it from its socket. Off by default for that contract; ImageioProxy turns it on
-    /// (Backend:ZeroCopyWrites), as it never reuses the buffer of a failed write.</summary>
+    /// fails first the buffer stays pinned until the socket holds none of it (the server read it or left),
+    /// and must not be modified or reused, because the server may still read it and apply the write late.
+    /// Off by default for that contract; ImageioProxy turns it on (Backend:ZeroCopyWrites), as it never
+    /// reuses the buffer of a failed write.</summary>
     public bool ZeroCopyWrites { get; init; }
 
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;

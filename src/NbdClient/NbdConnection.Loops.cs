@@ -88,7 +88,7 @@ public sealed partial class NbdConnection
     private unsafe Task SendByReferenceAsync(NbdRequest request, ReadOnlyMemory<byte> payload)
     {
         var pin = payload.Pin();
-        request.LendPayload(pin);
+        request.LendPayload(pin, Strand);
         return _splice!.SendAsync((byte*)pin.Pointer, payload.Length);
     }
 

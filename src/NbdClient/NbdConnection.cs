@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Threading.Channels;
@@ -34,6 +35,8 @@ public sealed partial class NbdConnection : IAsyncDisposable
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ITimer? _timeoutTimer;
     private readonly SpliceSender? _splice;
+    // Pins of zero-copy payloads whose connection died before the server answered (ReleaseStrandedAsync).
+    private readonly List<MemoryHandle> _stranded = [];
     private readonly Task _writeLoop;
     private readonly Task _readLoop;
     private ulong _nextCookie;
@@ -442,6 +445,9 @@ public sealed partial class NbdConnection : IAsyncDisposable
         _sendQueue.Writer.TryComplete();
         _timeoutTimer?.Dispose();
         _splice?.Dispose();
+        // With zero-copy writes the socket may still hold pages of unanswered payloads: keep the socket
+        // itself open (a second descriptor) until it has given them up, then release their pins.
+        var watch = _splice is not null ? SpliceSender.Duplicate(_socket) : -1;
         try
         {
             _stream.Dispose();
@@ -470,6 +476,54 @@ public sealed partial class NbdConnection : IAsyncDisposable
         NbdTelemetry.Connections.Add(-1);
         _drained.TrySetResult();
         _completion.TrySetResult(error);
+        if (_splice is not null)
+            _ = ReleaseStrandedAsync(watch);
+    }
+
+    private void Strand(MemoryHandle pin)
+    {
+        lock (_stranded)
+            _stranded.Add(pin);
+    }
+
+    /// <summary>After a failure: once the writer loop has stopped (no more splicing), waits until the
+    /// socket holds none of our pages (the server read them, or closed), then releases the pins of the
+    /// payloads it never answered. Until then that memory must stay as it was: the server may still read
+    /// it and apply the write late. Without a descriptor to watch, the pins are kept for good.</summary>
+    private async Task ReleaseStrandedAsync(int watch)
+    {
+        try
+        {
+            await _writeLoop.ConfigureAwait(false);
+        }
+        catch
+        {
+            // The writer's own failure is the connection's, already reported.
+        }
+        MemoryHandle[] stranded;
+        lock (_stranded)
+        {
+            stranded = [.. _stranded];
+            _stranded.Clear();
+        }
+        if (watch < 0)
+            return;
+        try
+        {
+            var scratch = stranded.Length > 0 ? new byte[64 * 1024] : [];
+            var delay = TimeSpan.FromMilliseconds(10);
+            while (stranded.Length > 0 && SpliceSender.HoldsSentBytes(watch, scratch))
+            {
+                await Task.Delay(delay, _time).ConfigureAwait(false);
+                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.TicksPerSecond));
+            }
+            foreach (var pin in stranded)
+                pin.Dispose();
+        }
+        finally
+        {
+            SpliceSender.CloseDescriptor(watch);
+        }
     }
 
     private void SignalDrainedIfIdle()

@@ -94,16 +94,19 @@ internal sealed class NbdRequest
     // A zero-copy send (SpliceSender) leaves the payload's pages in the socket until the server has read
     // them, which only its reply proves. Until then the payload stays pinned and a cancelled caller waits.
     private MemoryHandle _lentPin;
+    private Action<MemoryHandle>? _strand;
     private bool _lent;
 
     /// <summary>Writer: the payload is about to go to the kernel by reference; <paramref name="pin"/> is
     /// released when the server answers. If the connection dies first, the server may still read the pages
-    /// from its socket, so the pin is never released: that memory stays valid and is never reused.</summary>
-    public void LendPayload(MemoryHandle pin)
+    /// from its socket: the pin goes to <paramref name="strand"/>, which releases it once the socket has
+    /// given them up.</summary>
+    public void LendPayload(MemoryHandle pin, Action<MemoryHandle> strand)
     {
         lock (_caller)
         {
             _lentPin = pin;
+            _strand = strand;
             _lent = true;
         }
     }
@@ -231,11 +234,14 @@ internal sealed class NbdRequest
 
     private void ReturnLentPayload(bool answered)
     {
-        if (_lent && answered)
-        {
-            _lent = false;
+        if (!_lent)
+            return;
+        _lent = false;
+        if (answered)
             _lentPin.Dispose();
-        }
+        else
+            _strand!(_lentPin);
+        _lentPin = default;
     }
 
     private void CompleteCaller(Exception? error)

@@ -29,6 +29,8 @@ internal sealed unsafe partial class SpliceSender : IDisposable
     private const int EINTR = 4;
     private const int EAGAIN = 11;
     private const int PollMilliseconds = 250;
+    private const nuint SIOCOUTQ = 0x5411;
+    private const int MSG_DONTWAIT = 0x40;
 
     private readonly SafeHandle _socket;
     private readonly int _pipeRead;
@@ -230,6 +232,44 @@ internal sealed unsafe partial class SpliceSender : IDisposable
         }
     }
 
+    /// <summary>A second descriptor for <paramref name="socket"/>, which keeps the socket open after the
+    /// runtime closes its own; -1 if none could be made.</summary>
+    public static int Duplicate(Socket socket)
+    {
+        var added = false;
+        try
+        {
+            socket.SafeHandle.DangerousAddRef(ref added);
+            return dup((int)socket.SafeHandle.DangerousGetHandle());
+        }
+        catch (ObjectDisposedException)
+        {
+            return -1;
+        }
+        finally
+        {
+            if (added)
+                socket.SafeHandle.DangerousRelease();
+        }
+    }
+
+    public static void CloseDescriptor(int fd) => _ = close(fd);
+
+    /// <summary>Whether the socket behind <paramref name="fd"/> still holds bytes we sent (SIOCOUTQ: the
+    /// peer has not read them, and has not closed, which frees its queue). First reads and drops what the
+    /// peer sent, so that its replies cannot fill our receive buffer and stall it.</summary>
+    public static bool HoldsSentBytes(int fd, byte[] scratch)
+    {
+        fixed (byte* buffer = scratch)
+        {
+            while (recv(fd, buffer, (nuint)scratch.Length, MSG_DONTWAIT) > 0)
+            {
+            }
+        }
+        int queued;
+        return ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0;
+    }
+
     private static IOException Error(string call)
     {
         var errno = Marshal.GetLastPInvokeError();
@@ -276,4 +316,13 @@ internal sealed unsafe partial class SpliceSender : IDisposable
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int close(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int dup(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int ioctl(int fd, nuint request, int* argument);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint recv(int fd, byte* buffer, nuint length, int flags);
 }

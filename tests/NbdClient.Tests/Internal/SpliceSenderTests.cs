@@ -92,6 +92,59 @@ public sealed class SpliceSenderTests : FakeServerTestBase
     }
 
     [Fact]
+    public async Task AfterAFailure_AStrandedPayload_StaysUntouched_UntilTheServerReadItOrLeft()
+    {
+        var headerRead = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var readPayload = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var late = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Server.Transmission = async s =>
+        {
+            await s.ReadExactAsync(28); // the header only: the payload stays in the socket
+            headerRead.SetResult();
+            await readPayload.Task.WaitAsync(TestBounds.Hang);
+            late.SetResult(await s.ReadExactAsync(StrandedLength)); // the server applies the write late
+            s.Abort();
+        };
+        var conn = await ConnectAsync(ZeroCopy with { RequestTimeout = TimeSpan.FromSeconds(1) });
+        var (write, payload, expected) = StartWrite(conn);
+        await Bounded(headerRead.Task, "the request header reaching the server");
+
+        var ex = await OutcomeAsync(write, "the unanswered write");
+        ex.Should().BeOfType<NbdOutcomeUnknownException>("the request timeout abandoned the connection; got {0}", ex);
+        Collect();
+        payload.IsAlive.Should().BeTrue("the server's socket still holds the payload's pages, so they stay pinned");
+
+        readPayload.SetResult();
+        (await Bounded(late.Task, "the server reading the payload late")).Should().Equal(expected);
+        await Bounded(Task.Run(async () =>
+        {
+            while (payload.IsAlive)
+            {
+                Collect();
+                await Task.Delay(20);
+            }
+        }), "the payload being released once the socket gave it up");
+    }
+
+    // Above the zero-copy threshold, and small enough to be all in the socket with its default buffer
+    // (208 KiB) before the request times out.
+    private const int StrandedLength = 96 * 1024;
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static (Task Write, WeakReference Payload, byte[] Expected) StartWrite(NbdConnection conn)
+    {
+        var data = Pattern(StrandedLength, 21);
+        return (conn.WriteAsync(0, data).AsTask(), new WeakReference(data), data.ToArray());
+    }
+
+    private static void Collect()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+    }
+
+    [Fact]
     public void Disposing_an_unused_sender_closes_its_pipe_at_once()
     {
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
