@@ -51,11 +51,12 @@ internal sealed unsafe partial class SpliceSender : IDisposable
     /// <summary>The pipe's descriptors (tests check that they are closed).</summary>
     internal (int Read, int Write) Pipe => (_pipeRead, _pipeWrite);
 
-    /// <summary>A sender for <paramref name="socket"/>, or null where zero-copy is unavailable (not Linux,
-    /// or no pipe could be made): the caller then sends as usual.</summary>
+    /// <summary>A sender for <paramref name="socket"/>, or null where zero-copy is unavailable (not Linux on
+    /// x64 or arm64, whose flag and ioctl values these are; or no pipe could be made): the caller then
+    /// sends as usual.</summary>
     public static SpliceSender? TryCreate(Socket socket)
     {
-        if (!OperatingSystem.IsLinux())
+        if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture is not (Architecture.X64 or Architecture.Arm64))
             return null;
         int* fds = stackalloc int[2];
         try
