@@ -8,6 +8,7 @@ namespace ImageioProxy.Bench;
 // The scenario suite of issue #6 (docs/benchmarks.md): scripts/bench.sh builds and runs it.
 //   ImageioProxy.Bench --proxy PATH [--pairs 3] [--size-gib 2] [--only S1,S3] [--markdown docs/benchmarks.md]
 //                      [--proxy-arg --Section:Key=value]... [--proxy-env NAME=VALUE]... [--with-16g]
+//                      [--client-wmem BYTES]   (net.core.wmem_default during the run, restored after; root)
 //   ImageioProxy.Bench sink --port N [--cert PEM --key PEM] [--kestrel-defaults]   (the HTTP ceiling)
 internal static class BenchMain
 {
@@ -59,6 +60,29 @@ internal sealed partial class Suite(BenchSettings settings)
             "-out", settings.CertFile, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"], cancellationToken);
         Log($"source {_source}: {settings.Size / MiB} MiB of random data; {settings.Pairs} rounds per scenario");
 
+        const string WmemDefault = "/proc/sys/net/core/wmem_default";
+        var wmemBefore = File.ReadAllText(WmemDefault).Trim();
+        if (settings.ClientSendBuffer is int wmem)
+        {
+            // Only clients that never set SO_SNDBUF notice (curl in S4); restored in the finally below.
+            File.WriteAllText(WmemDefault, wmem.ToString(CultureInfo.InvariantCulture));
+            _notes.Add($"net.core.wmem_default was {wmem} for this run (`--client-wmem`; {wmemBefore} before and after).");
+        }
+        try
+        {
+            await RunScenariosAsync(wall, cancellationToken);
+        }
+        finally
+        {
+            if (settings.ClientSendBuffer is not null)
+            {
+                File.WriteAllText(WmemDefault, wmemBefore);
+            }
+        }
+    }
+
+    private async Task RunScenariosAsync(Stopwatch wall, CancellationToken cancellationToken)
+    {
         if (settings.Only.Contains("AB")) await AbAsync(cancellationToken);
         if (settings.Runs("S1")) await S1Async(cancellationToken);
         if (settings.Runs("S2")) await S2Async(cancellationToken);

@@ -39,6 +39,10 @@ internal sealed record BenchSettings
 
     public bool VerifyAll { get; init; }
 
+    /// <summary>net.core.wmem_default for the run (restored after; needs root): the send buffer curl's
+    /// unix socket gets in S4 (docs/operations.md, "Kernel settings for throughput").</summary>
+    public int? ClientSendBuffer { get; init; }
+
     public TimeSpan WrkDuration { get; init; } = TimeSpan.FromSeconds(5);
 
     public string CertFile => Path.Combine(WorkDirectory, "cert.pem");
@@ -73,6 +77,7 @@ internal sealed record BenchSettings
                 "--json" => settings with { Json = Next() },
                 "--with-16g" => settings with { With16GiB = true },
                 "--verify-all" => settings with { VerifyAll = true },
+                "--client-wmem" => settings with { ClientSendBuffer = int.Parse(Next(), CultureInfo.InvariantCulture) },
                 "--wrk-seconds" => settings with { WrkDuration = TimeSpan.FromSeconds(int.Parse(Next(), CultureInfo.InvariantCulture)) },
                 _ => throw new ArgumentException($"unknown argument {args[i]}"),
             };
