@@ -69,7 +69,35 @@ internal sealed unsafe partial class SpliceSender : IDisposable
             return null; // a libc without these calls: send as usual
         }
         _ = fcntl(fds[1], F_SETPIPE_SZ, PipeSize); // best effort: the default 64 KiB pipe works too
+        if (!Probe(socket, fds[0], fds[1]))
+        {
+            _ = close(fds[0]);
+            _ = close(fds[1]);
+            return null;
+        }
         return new SpliceSender(socket.SafeHandle, fds[0], fds[1]);
+    }
+
+    /// <summary>Whether vmsplice and splice may be called here at all: a container's seccomp profile can
+    /// forbid them (EPERM), and a send that fails that way would fail the connection. One byte goes into
+    /// the pipe and is read back; a splice of 0 bytes into the socket moves nothing.</summary>
+    private static bool Probe(Socket socket, int pipeRead, int pipeWrite)
+    {
+        byte probe = 0;
+        var span = new IoVec { Base = &probe, Length = 1 };
+        if (vmsplice(pipeWrite, &span, 1, SPLICE_F_NONBLOCK) != 1 || read(pipeRead, &probe, 1) != 1)
+            return false;
+        var added = false;
+        try
+        {
+            socket.SafeHandle.DangerousAddRef(ref added);
+            return splice(pipeRead, null, (int)socket.SafeHandle.DangerousGetHandle(), null, 0, SPLICE_F_NONBLOCK) == 0;
+        }
+        finally
+        {
+            if (added)
+                socket.SafeHandle.DangerousRelease();
+        }
     }
 
     /// <summary>Sends <paramref name="length"/> bytes at <paramref name="data"/>, which must stay pinned and
@@ -320,6 +348,9 @@ internal sealed unsafe partial class SpliceSender : IDisposable
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int dup(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint read(int fd, byte* buffer, nuint length);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, int* argument);
