@@ -6,7 +6,7 @@ using NbdClient;
 
 // Copies a raw image (half random data, half a hole) into a fresh sparse raw target served by qemu-nbd,
 // with NbdClient and with nbdcopy, alternating, and reports throughputs and the median of per-pair ratios.
-// Usage: dotnet run -c Release --project bench/NbdClient.Bench -- [--size-gib 2] [--pairs 5] [--dir /dev/shm/nbdbench] [--markdown FILE]
+// Usage: dotnet run -c Release --project bench/NbdClient.Bench -- [--size-gib 2] [--pairs 5] [--dir /dev/shm/nbdbench] [--markdown FILE] [--zero-copy]
 
 var options = BenchOptions.Parse(args);
 Directory.CreateDirectory(options.Directory);
@@ -83,7 +83,7 @@ static async Task<double> RunOnceAsync(BenchOptions options, string source, bool
     return seconds;
 }
 
-internal sealed record BenchOptions(long Size, int Pairs, string Directory, string? Markdown, int Chunk, int Connections, long InFlightBytes)
+internal sealed record BenchOptions(long Size, int Pairs, string Directory, string? Markdown, int Chunk, int Connections, long InFlightBytes, bool ZeroCopy)
 {
     public static BenchOptions Parse(string[] args)
     {
@@ -92,6 +92,7 @@ internal sealed record BenchOptions(long Size, int Pairs, string Directory, stri
         long inFlight = 64L << 20;
         string directory = "/dev/shm/nbdbench";
         string? markdown = null;
+        var zeroCopy = false;
         for (var i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -103,10 +104,11 @@ internal sealed record BenchOptions(long Size, int Pairs, string Directory, stri
                 case "--chunk-kib": chunk = int.Parse(args[++i], CultureInfo.InvariantCulture) * 1024; break;
                 case "--connections": connections = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--in-flight-mib": inFlight = long.Parse(args[++i], CultureInfo.InvariantCulture) << 20; break;
+                case "--zero-copy": zeroCopy = true; break;
                 default: throw new ArgumentException($"unknown argument {args[i]}");
             }
         }
-        return new BenchOptions(size, pairs, directory, markdown, chunk, connections, inFlight);
+        return new BenchOptions(size, pairs, directory, markdown, chunk, connections, inFlight, zeroCopy);
     }
 }
 
@@ -117,7 +119,11 @@ internal static partial class Copier
 {
     public static async Task CopyAsync(string source, NbdEndpoint endpoint, BenchOptions options)
     {
-        await using var pool = await NbdPool.ConnectAsync(endpoint, new NbdPoolOptions { MaxConnections = options.Connections });
+        await using var pool = await NbdPool.ConnectAsync(endpoint, new NbdPoolOptions
+        {
+            MaxConnections = options.Connections,
+            Connection = new NbdClientOptions { ZeroCopyWrites = options.ZeroCopy },
+        });
         using var file = File.OpenHandle(source, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.Asynchronous);
         var size = RandomAccess.GetLength(file);
         var buffers = new System.Collections.Concurrent.ConcurrentBag<byte[]>();
@@ -148,7 +154,9 @@ internal static partial class Copier
                     : pool.WriteAsync(offset, memory).AsTask();
                 pending.Add(task.ContinueWith(t =>
                 {
-                    buffers.Add(buffer!);
+                    // A failed write's buffer may still be read by the server (zero-copy): never reuse it.
+                    if (t.IsCompletedSuccessfully)
+                        buffers.Add(buffer!);
                     window.Release();
                     if (t.Exception is not null)
                         failure ??= t.Exception.InnerException;
