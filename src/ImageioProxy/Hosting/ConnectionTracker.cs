@@ -79,6 +79,10 @@ public sealed partial class ConnectionTracker : IAsyncDisposable
 
     public int Count => _connections.Count;
 
+    /// <summary>True when no tracked connection is running a request (tests wait for it before moving a
+    /// fake clock: a response reaches the client just before its request is marked as ended).</summary>
+    public bool AllIdle => _connections.Values.All(c => !c.IsBusy);
+
     /// <summary>Kestrel connection middleware for data listeners.</summary>
     public ConnectionDelegate Middleware(ConnectionDelegate next) => async context =>
     {

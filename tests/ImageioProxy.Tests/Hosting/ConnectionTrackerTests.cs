@@ -26,6 +26,12 @@ public class ConnectionTrackerTests(FakeClockProxyFixture fixture) : IClassFixtu
         var http = await RawHttp.ConnectAsync(fixture.RemoteUri);
         await http.SendAsync($"OPTIONS /images/{id} HTTP/1.1\nHost: test\n\n");
         (await http.ReadResponseAsync()).Status.Should().Be(expectedStatus);
+        // The request is marked as ended (its last activity) just after the response went out: wait for
+        // that before the test moves the clock, or the end would be stamped with the moved time.
+        for (var i = 0; i < 500 && !fixture.Server.Connections.AllIdle; i++)
+        {
+            await Task.Delay(10);
+        }
         return http;
     }
 
