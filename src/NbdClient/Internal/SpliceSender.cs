@@ -22,6 +22,7 @@ internal sealed unsafe partial class SpliceSender : IDisposable
 
     private const int O_NONBLOCK = 0x800;
     private const int O_CLOEXEC = 0x80000;
+    private const int F_DUPFD_CLOEXEC = 1030;
     private const int F_SETPIPE_SZ = 1031;
     private const uint SPLICE_F_MOVE = 1;
     private const uint SPLICE_F_NONBLOCK = 2;
@@ -262,14 +263,15 @@ internal sealed unsafe partial class SpliceSender : IDisposable
     }
 
     /// <summary>A second descriptor for <paramref name="socket"/>, which keeps the socket open after the
-    /// runtime closes its own; -1 if none could be made.</summary>
+    /// runtime closes its own; -1 if none could be made. Close-on-exec, like the runtime's own: a child
+    /// process (serve-image's qemu-nbd) must not inherit it and keep the socket open.</summary>
     public static int Duplicate(Socket socket)
     {
         var added = false;
         try
         {
             socket.SafeHandle.DangerousAddRef(ref added);
-            return dup((int)socket.SafeHandle.DangerousGetHandle());
+            return fcntl((int)socket.SafeHandle.DangerousGetHandle(), F_DUPFD_CLOEXEC, 0);
         }
         catch (ObjectDisposedException)
         {
@@ -345,9 +347,6 @@ internal sealed unsafe partial class SpliceSender : IDisposable
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int close(int fd);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int dup(int fd);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial nint read(int fd, byte* buffer, nuint length);
