@@ -167,6 +167,14 @@ public partial class NbdPoolTests
 
         server.Kill();
         await server.Process.WaitForExitAsync(Endpoints.Bound);
+        // Until the reader loop sees EOF the first request could still go to the old connection and fail
+        // there (ConnectionClosed), leaving the three connection attempts to the second request.
+        var noticed = Task.Run(async () =>
+        {
+            while (pool.ConnectionCount > 0)
+                await Task.Delay(10);
+        });
+        await noticed.WaitAsync(Endpoints.Bound);
         // The first request makes the three attempts (the last one opens the circuit); the next fails at once.
         var first = await FluentActions.Awaiting(() => pool.ReadAsync(0, new byte[4096]).AsTask().WaitAsync(Endpoints.Bound))
             .Should().ThrowAsync<NbdConnectionException>();
