@@ -11,6 +11,8 @@
 #   --proxy-env DOTNET_gcServer=1                               ... or another environment
 #   --markdown FILE      where to write (default docs/benchmarks.md; --markdown '' writes nothing)
 #   --client-wmem BYTES  net.core.wmem_default during the run (root; restored after): S4's curl socket buffer
+#   --qemu-tunables T    GLIBC_TUNABLES of every qemu-nbd, scenario and baseline (default: the issue's
+#                        glibc.malloc.mmap_threshold=33554432; docs/operations.md, "qemu-nbd's allocator")
 # The default run takes about 8 minutes on 2 cores. Every figure is a ratio to a baseline run in the
 # same process, alternated with the scenario; tests never assert speed.
 set -euo pipefail

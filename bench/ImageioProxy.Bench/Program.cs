@@ -30,6 +30,7 @@ internal static class BenchMain
         }
         using var stop = new CancellationTokenSource();
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };
+        QemuNbd.Tunables = settings.QemuTunables;
         var suite = new Suite(settings);
         await suite.RunAsync(stop.Token);
         return 0;

@@ -24,6 +24,7 @@ internal static class Report
         text.AppendLine();
         text.AppendLine($"Machine: {await MachineAsync(cancellationToken)}");
         text.AppendLine($"Load: before `{uptimeBefore}`; after `{uptimeAfter}`.");
+        text.AppendLine($"qemu-nbd (scenarios and baselines): `GLIBC_TUNABLES={settings.QemuTunables} qemu-nbd {string.Join(' ', QemuNbd.Arguments("IMAGE", "SOCKET", readOnly: false))}`.");
         if (settings.ProxyArgs.Count > 0 || settings.ProxyEnvironment.Count > 0)
         {
             text.AppendLine($"Proxy settings: {string.Join(' ', settings.ProxyArgs)} {string.Join(' ', settings.ProxyEnvironment.Select(e => $"{e.Key}={e.Value}"))}");

@@ -6,11 +6,18 @@ namespace ImageioProxy.Bench;
 /// tuning, so the only difference between a scenario and its baseline is the path in front of it.</summary>
 internal static class QemuNbd
 {
-    // qemu-nbd's speed depends on glibc malloc: without this, its big request buffers come from brk
-    // and the heap is trimmed and grown again for every request (docs/benchmarks.md, "malloc").
-    public static readonly IReadOnlyDictionary<string, string> Environment = new Dictionary<string, string>
+    /// <summary>The issue's setting: a fixed mmap threshold, so qemu-nbd's request buffers come from the heap
+    /// from the first request on (with glibc's dynamic threshold the baseline moved 1.5–2× with earlier
+    /// traffic). Fixing it also fixes the trim threshold at 128 KiB (mallopt(3)); docs/benchmarks.md, "qemu-nbd's
+    /// heap", has what that costs and what `--qemu-tunables` changes.</summary>
+    public const string DefaultTunables = "glibc.malloc.mmap_threshold=33554432";
+
+    /// <summary>GLIBC_TUNABLES of every qemu-nbd of the run, scenario and baseline alike.</summary>
+    public static string Tunables { get; set; } = DefaultTunables;
+
+    public static IReadOnlyDictionary<string, string> Environment => new Dictionary<string, string>
     {
-        ["GLIBC_TUNABLES"] = "glibc.malloc.mmap_threshold=33554432",
+        ["GLIBC_TUNABLES"] = Tunables,
     };
 
     public static IReadOnlyList<string> Arguments(string image, string socket, bool readOnly) =>

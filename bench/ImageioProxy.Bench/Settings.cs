@@ -45,6 +45,9 @@ internal sealed record BenchSettings
 
     public TimeSpan WrkDuration { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>GLIBC_TUNABLES of qemu-nbd (scenarios and baselines alike).</summary>
+    public string QemuTunables { get; init; } = QemuNbd.DefaultTunables;
+
     public string CertFile => Path.Combine(WorkDirectory, "cert.pem");
 
     public string KeyFile => Path.Combine(WorkDirectory, "key.pem");
@@ -77,6 +80,7 @@ internal sealed record BenchSettings
                 "--json" => settings with { Json = Next() },
                 "--with-16g" => settings with { With16GiB = true },
                 "--verify-all" => settings with { VerifyAll = true },
+                "--qemu-tunables" => settings with { QemuTunables = Next() },
                 "--client-wmem" => settings with { ClientSendBuffer = int.Parse(Next(), CultureInfo.InvariantCulture) },
                 "--wrk-seconds" => settings with { WrkDuration = TimeSpan.FromSeconds(int.Parse(Next(), CultureInfo.InvariantCulture)) },
                 _ => throw new ArgumentException($"unknown argument {args[i]}"),

@@ -74,6 +74,12 @@ public sealed record NbdPoolOptions
     /// <summary>Connections to open when the export advertises CAN_MULTI_CONN (otherwise 1).</summary>
     public int MaxConnections { get; init; } = 4;
 
+    /// <summary>Reads and writes longer than this are split into requests of at most this many bytes, sent
+    /// at once across the pool. 0: only the export's maximum payload splits them. qemu-nbd allocates a
+    /// buffer per request, and with glibc's allocator large ones can cost it a page fault per page
+    /// (docs/benchmarks.md).</summary>
+    public int MaxRequestSize { get; init; }
+
     /// <summary>How many times to try opening a replacement connection before failing a request.</summary>
     public int ReconnectAttempts { get; init; } = 3;
 

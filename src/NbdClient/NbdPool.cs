@@ -163,10 +163,13 @@ public sealed class NbdPool : IAsyncDisposable
         }
     }
 
+    /// <summary>The largest read or write sent as one request.</summary>
+    private int RequestLimit => _options.MaxRequestSize > 0 ? Math.Min(_options.MaxRequestSize, Export.MaximumPayload) : Export.MaximumPayload;
+
     public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         CheckRange(offset, buffer.Length);
-        var max = Export.MaximumPayload;
+        var max = RequestLimit;
         if (buffer.Length <= max)
         {
             await ReadPartAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
@@ -192,7 +195,7 @@ public sealed class NbdPool : IAsyncDisposable
     {
         if (RangeError(offset, data.Length) is { } refused)
             return ValueTask.FromException(refused);
-        var max = Export.MaximumPayload;
+        var max = RequestLimit;
         if (data.Length <= max)
             return data.Length == 0 ? default : new ValueTask(WriteLikeAsync(NbdCommand.Write, flags, offset, data, data.Length, cancellationToken));
         var parts = new List<Task>();

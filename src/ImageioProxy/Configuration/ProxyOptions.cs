@@ -87,8 +87,14 @@ public sealed class BackendOptions
 {
     public const string Section = "Backend";
 
-    /// <summary>Bytes per NBD READ/WRITE issued by GET and PUT (at most 32 MiB, qemu-nbd's maximum).</summary>
+    /// <summary>Bytes per chunk buffer of GET and PUT (at most 32 MiB, qemu-nbd's maximum request); a chunk
+    /// goes to qemu-nbd as requests of at most <see cref="NbdRequestSize"/>.</summary>
     public int ChunkSize { get; set; } = 1024 * 1024;
+
+    /// <summary>The largest NBD READ/WRITE sent: a chunk is split into requests of this size, sent at once
+    /// (0: one request per chunk). 256 KiB is nbdcopy's request size. qemu-nbd allocates a buffer per request,
+    /// and how glibc hands out large ones decides much of its CPU (docs/benchmarks.md, "qemu-nbd's heap").</summary>
+    public int NbdRequestSize { get; set; } = 256 * 1024;
 
     /// <summary>Bytes of NBD reads and writes in flight for one ticket, over all its requests. 32 MiB is
     /// twice what nbdcopy keeps in flight per connection (64 × 256 KiB) and kept qemu-nbd busy in

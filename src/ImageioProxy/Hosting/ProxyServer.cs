@@ -334,6 +334,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
         {
             errors.Add($"Backend:ChunkSize={backend.ChunkSize} must lie between 4096 and 33554432 (qemu-nbd's maximum request)");
         }
+        if (backend.NbdRequestSize != 0 && backend.NbdRequestSize is < 4096 or > 32 * 1024 * 1024)
+        {
+            errors.Add($"Backend:NbdRequestSize={backend.NbdRequestSize} must be 0 (one request per chunk) or lie between 4096 and 33554432");
+        }
         if (backend.ZeroStep is < 4096 or > uint.MaxValue - 4095)
         {
             errors.Add($"Backend:ZeroStep={backend.ZeroStep} must lie between 4096 and 4 GiB - 4096");

@@ -33,6 +33,7 @@ public sealed partial class TicketStore : IAsyncDisposable
         _poolOptions = new NbdPoolOptions
         {
             MaxConnections = _backend.EffectiveNbdConnections,
+            MaxRequestSize = _backend.NbdRequestSize,
             Connection = new NbdClientOptions
             {
                 MetaContexts = [NbdMetaContexts.BaseAllocation, NbdMetaContexts.AllocationDepth],

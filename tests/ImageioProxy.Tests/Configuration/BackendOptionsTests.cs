@@ -31,4 +31,24 @@ public class BackendOptionsTests
 
         act.Should().Throw<InvalidOperationException>().Which.Message.Should().Contain("Backend:NbdConnections at least 0");
     }
+
+    [Theory]
+    [InlineData("100")]
+    [InlineData("67108864")]
+    public void An_NbdRequestSize_outside_4_KiB_to_32_MiB_is_refused_at_start(string value)
+    {
+        var act = () => ProxyServer.Create([], config => config.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Tls:Enable"] = "false",
+            ["Backend:NbdRequestSize"] = value,
+        }));
+
+        act.Should().Throw<InvalidOperationException>().Which.Message.Should().Contain($"Backend:NbdRequestSize={value} must be 0");
+    }
+
+    [Fact]
+    public void NbdRequestSize_defaults_to_nbdcopys_request_size()
+    {
+        new BackendOptions().NbdRequestSize.Should().Be(256 * 1024);
+    }
 }

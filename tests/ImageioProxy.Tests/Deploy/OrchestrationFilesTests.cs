@@ -57,6 +57,17 @@ public class OrchestrationFilesTests
         ingress.GetProperty("nginx.ingress.kubernetes.io/proxy-request-buffering").GetString().Should().Be("off");
     }
 
+    [Fact]
+    public void The_qemu_nbd_sidecar_keeps_its_request_buffers_on_a_heap_that_is_not_trimmed_between_requests()
+    {
+        var sidecar = DockerfileStage.ParseFinalStage(DeployFiles.Path("deploy/qemu-nbd/Dockerfile"));
+
+        var tunables = sidecar.Environment["GLIBC_TUNABLES"].Split(':').Select(t => t.Split('=')).ToDictionary(t => t[0], t => long.Parse(t[1], System.Globalization.CultureInfo.InvariantCulture));
+        tunables["glibc.malloc.mmap_threshold"].Should().BeGreaterThanOrEqualTo(32L << 20, "qemu-nbd's largest request is 32 MiB");
+        tunables["glibc.malloc.trim_threshold"].Should().BeGreaterThan(tunables["glibc.malloc.mmap_threshold"]);
+        sidecar.Entrypoint.Should().Contain("--aio=native");
+    }
+
     private static List<string> Strings(JsonElement array) => [.. array.EnumerateArray().Select(e => e.GetString()!)];
 
     private static List<string> Mounts(JsonElement container)

@@ -74,6 +74,36 @@ public partial class NbdPoolTests
         back.Should().Equal(last, "the last submitted write wins");
     }
 
+    [Theory]
+    [InlineData(256 * 1024, new[] { 262144, 262144, 262144, 262144, 100 })]
+    [InlineData(0, new[] { 1048676 })]
+    public async Task MaxRequestSize_SplitsReadsAndWrites_IntoRequestsOfAtMostThatSize(int maxRequestSize, int[] expectedCounts)
+    {
+        await using var server = await NbdkitServer.StartAsync(["memory", "16M"], new NbdkitOptions { Filters = ["log"] });
+        await using var pool = await NbdPool.ConnectAsync(Endpoints.Of(server), new NbdPoolOptions { MaxRequestSize = maxRequestSize });
+        var data = Endpoints.RandomBytes((1 << 20) + 100, 31);
+
+        await pool.WriteAsync(4096, data);
+        var back = new byte[data.Length];
+        await pool.ReadAsync(4096, back);
+
+        back.Should().Equal(data);
+        var requests = (await server.ReadLogLinesAsync())
+            .Select(line => RequestLine().Match(line))
+            .Where(m => m.Success)
+            .Select(m => (Op: m.Groups[1].Value, Offset: Convert.ToInt64(m.Groups[2].Value, 16), Count: Convert.ToInt32(m.Groups[3].Value, 16)))
+            .ToList();
+        foreach (var op in new[] { "Write", "Read" })
+        {
+            var parts = requests.Where(r => r.Op == op).OrderBy(r => r.Offset).ToList();
+            parts.Select(p => p.Count).Should().Equal(expectedCounts, $"each {op} is cut at the limit");
+            parts.Select(p => p.Offset).Should().Equal(expectedCounts.Select((_, i) => 4096L + expectedCounts.Take(i).Sum(c => (long)c)));
+        }
+    }
+
+    [GeneratedRegex(@"\b(Write|Read) id=\d+ offset=0x([0-9a-f]+) count=0x([0-9a-f]+)")]
+    private static partial Regex RequestLine();
+
     [GeneratedRegex(@"connection=(\d+) (\.\.\.)?(Write|Zero|Trim|Flush) id=(\d+)")]
     private static partial Regex LogLine();
 
