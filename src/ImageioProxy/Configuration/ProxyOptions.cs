@@ -91,10 +91,10 @@ public sealed class BackendOptions
     /// goes to qemu-nbd as requests of at most <see cref="NbdRequestSize"/>.</summary>
     public int ChunkSize { get; set; } = 1024 * 1024;
 
-    /// <summary>The largest NBD READ/WRITE sent: a chunk is split into requests of this size, sent at once
-    /// (0: one request per chunk). 256 KiB is nbdcopy's request size. qemu-nbd allocates a buffer per request,
-    /// and how glibc hands out large ones decides much of its CPU (docs/benchmarks.md, "qemu-nbd's heap").</summary>
-    public int NbdRequestSize { get; set; } = 256 * 1024;
+    /// <summary>The largest NBD READ/WRITE sent: a chunk is cut into requests of at most this size, sent at
+    /// once (0, the default: one request per chunk). For a qemu-nbd started without GLIBC_TUNABLES, whose
+    /// glibc maps every request buffer over ~124 KiB afresh; docs/operations.md, "qemu-nbd's allocator".</summary>
+    public int NbdRequestSize { get; set; }
 
     /// <summary>Bytes of NBD reads and writes in flight for one ticket, over all its requests. 32 MiB is
     /// twice what nbdcopy keeps in flight per connection (64 × 256 KiB) and kept qemu-nbd busy in
