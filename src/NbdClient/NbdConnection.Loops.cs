@@ -48,7 +48,16 @@ public sealed partial class NbdConnection
                         NbdWire.WriteRequestHeader(buffer.AsSpan(used), request.Flags, request.Command, request.Cookie, (ulong)request.Offset, request.Length);
                         used += NbdLimits.RequestHeaderSize;
                         var payload = request.Payload;
-                        if (payload.Length > 0)
+                        if (request.Source is { } source)
+                        {
+                            await _stream.WriteAsync(buffer.AsMemory(0, used)).ConfigureAwait(false);
+                            used = 0;
+                            if (_splice is not null)
+                                await _splice.SendFromPipeAsync(source, (int)request.Length).ConfigureAwait(false);
+                            else
+                                await CopyFromPipeAsync(source, (int)request.Length, buffer).ConfigureAwait(false);
+                        }
+                        else if (payload.Length > 0)
                         {
                             if (payload.Length <= CoalesceLimit)
                             {
@@ -81,6 +90,19 @@ public sealed partial class NbdConnection
         catch (Exception ex)
         {
             Fail(TransmissionError(ex, "sending"));
+        }
+    }
+
+    /// <summary>A payload in a pipe on a connection that cannot splice (TLS, zero-copy off): read out and sent.</summary>
+    private async Task CopyFromPipeAsync(SplicePipe source, int length, byte[] buffer)
+    {
+        for (var left = length; left > 0;)
+        {
+            var got = source.Read(buffer.AsSpan(0, Math.Min(buffer.Length, left)));
+            if (got == 0)
+                throw new InvalidOperationException($"the pipe ran out {left} bytes before the request's length");
+            await _stream.WriteAsync(buffer.AsMemory(0, got)).ConfigureAwait(false);
+            left -= got;
         }
     }
 

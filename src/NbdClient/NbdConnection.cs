@@ -361,12 +361,13 @@ public sealed partial class NbdConnection : IAsyncDisposable
     /// <summary>Submits one write-like request for the pool: returns the caller's task and a task that
     /// completes when the request is really over (the reply arrived or the connection died), which the
     /// pool's flush barrier and range ordering must wait for even when the caller was cancelled.</summary>
-    internal (Task Caller, Task<Exception?> Settled) SubmitForPool(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload, long length, CancellationToken cancellationToken)
+    internal (Task Caller, Task<Exception?> Settled) SubmitForPool(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload,
+        SplicePipe? source, long length, CancellationToken cancellationToken)
     {
         CheckRequest(command, flags, offset, length);
         if (length > (command == NbdCommand.Write ? _export.MaximumPayload : MaxEffectLength))
             throw new ArgumentOutOfRangeException(nameof(length), "the pool splits requests before submitting them");
-        var request = new NbdRequest(command, flags, offset, (uint)length) { Payload = payload };
+        var request = new NbdRequest(command, flags, offset, (uint)length) { Payload = payload, Source = source };
         return (SubmitAsync(request, cancellationToken), request.Settled);
     }
 

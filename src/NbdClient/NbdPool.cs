@@ -163,7 +163,10 @@ public sealed class NbdPool : IAsyncDisposable
         }
     }
 
-    /// <summary>The largest read or write sent as one request.</summary>
+    /// <summary>The largest read or write sent as one request: the export's maximum payload, or
+    /// <see cref="NbdPoolOptions.MaxRequestSize"/> when smaller.</summary>
+    public int MaxRequestLength => RequestLimit;
+
     private int RequestLimit => _options.MaxRequestSize > 0 ? Math.Min(_options.MaxRequestSize, Export.MaximumPayload) : Export.MaximumPayload;
 
     public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
@@ -207,6 +210,23 @@ public sealed class NbdPool : IAsyncDisposable
         return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
     }
 
+    /// <summary>Writes everything <paramref name="source"/> holds at <paramref name="offset"/> as one request,
+    /// sent from the pipe by splice(2) on connections with <see cref="NbdClientOptions.ZeroCopyWrites"/>
+    /// (read out and sent on others). The pipe must hold at most the largest request (the export's maximum
+    /// payload, or <see cref="NbdPoolOptions.MaxRequestSize"/>). When the task completes the pipe is empty
+    /// if the write was sent; after a failure it may still hold part of the payload, which cannot be sent
+    /// again: the caller should dispose of it.</summary>
+    public ValueTask WriteAsync(long offset, SplicePipe source, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        var length = source.Length;
+        if (RangeError(offset, length) is { } refused)
+            return ValueTask.FromException(refused);
+        if (length > RequestLimit)
+            return ValueTask.FromException(new ArgumentOutOfRangeException(nameof(source), $"a pipe write is one request of at most {RequestLimit} bytes, not {length}"));
+        return length == 0 ? default : new ValueTask(WriteLikeAsync(NbdCommand.Write, flags, offset, default, length, cancellationToken, source));
+    }
+
     public ValueTask WriteZeroesAsync(long offset, long length, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
         => PayloadlessAsync(NbdCommand.WriteZeroes, flags, offset, length, cancellationToken);
 
@@ -229,7 +249,8 @@ public sealed class NbdPool : IAsyncDisposable
 
     /// <summary>One write-like request: numbered for the flush barrier, ordered after overlapping
     /// earlier writes, sent to the least-loaded connection.</summary>
-    private async Task WriteLikeAsync(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload, long length, CancellationToken cancellationToken)
+    private async Task WriteLikeAsync(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload, long length,
+        CancellationToken cancellationToken, SplicePipe? source = null)
     {
         var sequence = _writes.Begin();
         var range = new WriteRange(offset, offset + length);
@@ -251,7 +272,7 @@ public sealed class NbdPool : IAsyncDisposable
             if (earlier is not null)
                 await Task.WhenAll(earlier).WaitAsync(cancellationToken).ConfigureAwait(false);
             var connection = await GetConnectionAsync(cancellationToken).ConfigureAwait(false);
-            (caller, settled) = connection.SubmitForPool(command, flags, offset, payload, length, cancellationToken);
+            (caller, settled) = connection.SubmitForPool(command, flags, offset, payload, source, length, cancellationToken);
         }
         catch
         {

@@ -218,4 +218,9 @@ public sealed class HttpOptions
     /// CPU (docs/benchmarks.md); the price is one pool block (Http:PoolBlockSize) held by every open
     /// connection.</summary>
     public bool WaitForDataBeforeAllocatingBuffer { get; set; }
+
+    /// <summary>PUT bodies on the plain-HTTP and unix-socket listeners go from the client's socket to
+    /// qemu-nbd by splice(2), never copied by the proxy (Linux; bodies of at least MaxRequestBufferSize plus
+    /// two chunks; docs/benchmarks.md, fifth round). TLS listeners always copy.</summary>
+    public bool SpliceUploads { get; set; } = true;
 }

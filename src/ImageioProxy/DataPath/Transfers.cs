@@ -197,7 +197,7 @@ public static class Transfers
         operation.AddDone(length);
     }
 
-    private static async Task WriteChunkAsync(NbdPool pool, long offset, ChunkBufferPool buffers, byte[] buffer, int length, (long, long) taken,
+    internal static async Task WriteChunkAsync(NbdPool pool, long offset, ChunkBufferPool buffers, byte[] buffer, int length, (long, long) taken,
         InFlightBudgets budgets, TicketOperation operation, CancellationToken cancellationToken)
     {
         try
@@ -221,17 +221,7 @@ public static class Transfers
         var filled = 0;
         while (filled < buffer.Length)
         {
-            ReadResult result;
-            try
-            {
-                result = await body.ReadAsync(cancellationToken);
-            }
-            catch (IOException e) when (!cancellationToken.IsCancellationRequested)
-            {
-                // Only the HTTP body is read here, so this is never an NBD failure. Kestrel throws a plain
-                // IOException for some framing errors (a chunk size that overflows).
-                throw new InvalidBodyException(e);
-            }
+            var result = await ReadBodyAsync(body, cancellationToken);
             var data = result.Buffer;
             var take = (int)Math.Min(data.Length, buffer.Length - filled);
             data.Slice(0, take).CopyTo(buffer.Span[filled..]);
@@ -246,7 +236,22 @@ public static class Transfers
         return filled;
     }
 
-    private static void FailFast(List<Task> pending)
+    /// <summary>One read of the request body; Kestrel's faults become <see cref="InvalidBodyException"/>.</summary>
+    internal static async ValueTask<ReadResult> ReadBodyAsync(PipeReader body, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await body.ReadAsync(cancellationToken);
+        }
+        catch (IOException e) when (!cancellationToken.IsCancellationRequested)
+        {
+            // Only the HTTP body is read here, so this is never an NBD failure. Kestrel throws a plain
+            // IOException for some framing errors (a chunk size that overflows).
+            throw new InvalidBodyException(e);
+        }
+    }
+
+    internal static void FailFast(List<Task> pending)
     {
         foreach (var task in pending)
         {
@@ -264,7 +269,7 @@ public static class Transfers
         budgets.Release(taken);
     }
 
-    private static async Task WhenAllSettled(IEnumerable<Task> tasks)
+    internal static async Task WhenAllSettled(IEnumerable<Task> tasks)
     {
         try
         {

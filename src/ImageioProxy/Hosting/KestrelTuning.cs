@@ -27,6 +27,9 @@ public static class KestrelTuning
         {
             socket.UnsafePreferInlineScheduling = options.InlineScheduling;
             socket.WaitForDataBeforeAllocatingBuffer = options.WaitForDataBeforeAllocatingBuffer;
+            // The socket transport's own pause threshold (its input pipe), which spliced uploads rely on:
+            // the same number as Kestrel's MaxRequestBufferSize, whatever the two defaults are.
+            socket.MaxReadBufferSize = options.MaxRequestBufferSize;
         });
     }
 

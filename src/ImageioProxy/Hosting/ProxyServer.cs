@@ -82,6 +82,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
         var shutdownTimeout = ShutdownTimeoutOf(config);
         builder.Services.Configure<HostOptions>(host => host.ShutdownTimeout = shutdownTimeout);
         builder.Services.Configure<LimitsOptions>(config.GetSection(LimitsOptions.Section));
+        builder.Services.Configure<HttpOptions>(config.GetSection(HttpOptions.Section));
         builder.Services.AddKeyedSingleton(ClockKey, clock ?? TimeProvider.System);
         builder.Services.AddSingleton<TicketStore>();
         builder.Services.AddSingleton<ConnectionTracker>();
@@ -115,6 +116,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
                 {
                     listen.Protocols = HttpProtocols.Http1;
                     listen.Use(Track);
+                    if (httpTuning.SpliceUploads && !tls.Enable)
+                    {
+                        listen.Use(BodySplicing.Middleware);
+                    }
                     if (tls.Enable)
                     {
                         listen.UseHttps(https =>
@@ -138,6 +143,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
                 {
                     listen.Protocols = HttpProtocols.Http1;
                     listen.Use(Track);
+                    if (httpTuning.SpliceUploads)
+                    {
+                        listen.Use(BodySplicing.Middleware);
+                    }
                 });
             }
         });

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using ImageioProxy.DataPath;
+using ImageioProxy.Hosting;
 using ImageioProxy.Observability;
 using ImageioProxy.Tickets;
 using Microsoft.AspNetCore.Http.Features;
@@ -186,7 +187,17 @@ public sealed partial class DataApi
         {
             try
             {
-                await Transfers.UploadAsync(http.Request.BodyReader, pool, offset, length, limit, _tickets.ChunkBuffers, Budgets(ticket), operation, ct);
+                if (length is long size && SplicedUpload.IsWorthIt(size, _http.MaxRequestBufferSize, _tickets.ChunkBuffers.BufferSize)
+                    && http.Features.Get<IBodySpliceFeature>() is { } splice)
+                {
+                    await SplicedUpload.UploadAsync(http.Request.BodyReader, splice, _http.MaxRequestBufferSize,
+                        http.Features.Get<Microsoft.AspNetCore.Server.Kestrel.Core.Features.IHttpMinRequestBodyDataRateFeature>()?.MinDataRate, _time, pool, offset, size,
+                        _tickets.ChunkBuffers, _tickets.SplicePipes, Budgets(ticket), operation, _metrics.RecordSpliced, ct);
+                }
+                else
+                {
+                    await Transfers.UploadAsync(http.Request.BodyReader, pool, offset, length, limit, _tickets.ChunkBuffers, Budgets(ticket), operation, ct);
+                }
             }
             catch (PartialContentException e)
             {

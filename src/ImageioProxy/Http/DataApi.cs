@@ -31,10 +31,16 @@ public sealed partial class DataApi
     private readonly ILogger<DataApi> _logger;
     private readonly ProxyMetrics _metrics;
 
+    private readonly HttpOptions _http;
+    private readonly TimeProvider _time;
+
     public DataApi(TicketStore tickets, ConnectionTracker connections, IOptions<LocalOptions> local,
-        IOptions<DaemonOptions> daemon, IOptions<BackendOptions> backend, ILogger<DataApi> logger, ProxyMetrics metrics)
+        IOptions<DaemonOptions> daemon, IOptions<BackendOptions> backend, IOptions<HttpOptions> http,
+        [FromKeyedServices(ProxyServer.ClockKey)] TimeProvider time, ILogger<DataApi> logger, ProxyMetrics metrics)
     {
         _metrics = metrics;
+        _http = http.Value;
+        _time = time;
         _tickets = tickets;
         _connections = connections;
         _local = local.Value;

@@ -27,6 +27,7 @@ public sealed class ProxyMetrics
     private readonly Histogram<double> _operationDuration;
     private readonly Histogram<double> _flushDuration;
     private readonly Counter<long> _operationFailures;
+    private readonly Counter<long> _spliced;
 
     public ProxyMetrics(IMeterFactory meterFactory, [FromKeyedServices(ProxyServer.ClockKey)] TimeProvider time, TicketStore tickets)
     {
@@ -40,6 +41,8 @@ public sealed class ProxyMetrics
         _flushDuration = meter.CreateHistogram("imageio.proxy.flush.duration", unit: "s",
             description: "Duration of flushes: waiting for every covered NBD write, then NBD_CMD_FLUSH.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LongDurationBuckets });
+        _spliced = meter.CreateCounter<long>("imageio.proxy.upload.spliced", unit: "By",
+            description: "PUT body bytes moved from the client's socket to the NBD server by splice(2), never copied by the proxy (Http:SpliceUploads).");
         _operationFailures = meter.CreateCounter<long>("imageio.proxy.operation.failures", unit: "{operation}",
             description: "Data operations that failed or were canceled, by operation.");
         meter.CreateObservableUpDownCounter("imageio.proxy.tickets", () => CountTickets(tickets), unit: "{ticket}",
@@ -49,6 +52,15 @@ public sealed class ProxyMetrics
     }
 
     /// <summary>A timestamp to pass to <see cref="RecordOperation"/>.</summary>
+    /// <summary>Bytes of a PUT body that went from the client's socket to the NBD server by splice(2).</summary>
+    public void RecordSpliced(long bytes)
+    {
+        if (bytes > 0)
+        {
+            _spliced.Add(bytes);
+        }
+    }
+
     public long Start() => _time.GetTimestamp();
 
     /// <summary>Records one finished data operation in the metrics and in the connection's CLOSE stats.</summary>

@@ -30,6 +30,7 @@ public sealed partial class TicketStore : IAsyncDisposable
         _logger = loggerFactory.CreateLogger<TicketStore>();
         GlobalBudget = new ByteBudget(_backend.MaxInFlightBytes);
         ChunkBuffers = new ChunkBufferPool(_backend.ChunkSize, _backend.MaxInFlightBytes);
+        SplicePipes = new SplicePipePool(_backend.ChunkSize, MaxIdlePipes);
         _poolOptions = new NbdPoolOptions
         {
             MaxConnections = _backend.EffectiveNbdConnections,
@@ -61,6 +62,13 @@ public sealed partial class TicketStore : IAsyncDisposable
 
     /// <summary>GET and PUT chunk buffers, as many as <see cref="GlobalBudget"/> lets exist.</summary>
     public ChunkBufferPool ChunkBuffers { get; }
+
+    /// <summary>Idle pipes kept for spliced uploads: 16 MiB of pipe buffers by default, a quarter of the
+    /// 64 MiB an unprivileged user may have before the kernel hands out small pipes.</summary>
+    private const int MaxIdlePipes = 16;
+
+    /// <summary>Pipes for spliced PUTs (Http:SpliceUploads).</summary>
+    public SplicePipePool SplicePipes { get; }
 
     public TimeSpan RemoveTimeout => TimeSpan.FromSeconds(_control.RemoveTimeout);
 
@@ -181,6 +189,7 @@ public sealed partial class TicketStore : IAsyncDisposable
             closing.AddRange(_closing);
         }
         await Task.WhenAll(closing);
+        SplicePipes.Dispose();
     }
 
     private async Task RetireAsync(Ticket ticket)

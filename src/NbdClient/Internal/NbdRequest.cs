@@ -27,6 +27,9 @@ internal sealed class NbdRequest
     /// <summary>WRITE payload.</summary>
     public ReadOnlyMemory<byte> Payload { get; init; }
 
+    /// <summary>WRITE payload held in a pipe instead (its first <see cref="Length"/> bytes).</summary>
+    public SplicePipe? Source { get; init; }
+
     /// <summary>READ destination; written only while <see cref="TryBeginReceive"/> holds.</summary>
     public Memory<byte> Destination { get; init; }
 

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
+using static NbdClient.Internal.Libc;
 
 namespace NbdClient.Internal;
 
@@ -11,7 +12,7 @@ namespace NbdClient.Internal;
 /// reply. <see cref="NbdRequest"/> therefore keeps the payload pinned and the caller waiting until then.
 /// A dedicated thread does the work because the socket is non-blocking (the runtime owns it) and waiting
 /// for room in it means a blocking poll(2), which must not happen on a thread-pool or I/O thread.</summary>
-internal sealed unsafe partial class SpliceSender : IDisposable
+internal sealed unsafe class SpliceSender : IDisposable
 {
     /// <summary>Payloads from this size go through the pipe; smaller ones are cheaper to copy.</summary>
     public const int MinimumPayload = 64 * 1024;
@@ -20,18 +21,7 @@ internal sealed unsafe partial class SpliceSender : IDisposable
     /// most /proc/sys/fs/pipe-max-size (1 MiB by default); a smaller pipe only means more calls.</summary>
     private const int PipeSize = 1024 * 1024;
 
-    private const int O_NONBLOCK = 0x800;
-    private const int O_CLOEXEC = 0x80000;
-    private const int F_DUPFD_CLOEXEC = 1030;
-    private const int F_SETPIPE_SZ = 1031;
-    private const uint SPLICE_F_MOVE = 1;
-    private const uint SPLICE_F_NONBLOCK = 2;
-    private const short POLLOUT = 4;
-    private const int EINTR = 4;
-    private const int EAGAIN = 11;
     private const int PollMilliseconds = 250;
-    private const nuint SIOCOUTQ = 0x5411;
-    private const int MSG_DONTWAIT = 0x40;
 
     private readonly SafeHandle _socket;
     private readonly int _pipeRead;
@@ -57,7 +47,7 @@ internal sealed unsafe partial class SpliceSender : IDisposable
     /// sends as usual.</summary>
     public static SpliceSender? TryCreate(Socket socket)
     {
-        if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture is not (Architecture.X64 or Architecture.Arm64))
+        if (!IsSupported)
             return null;
         int* fds = stackalloc int[2];
         try
@@ -105,13 +95,71 @@ internal sealed unsafe partial class SpliceSender : IDisposable
     /// unchanged until the server replied to the request they belong to. The task completes on this
     /// sender's thread, which then runs the caller's continuation (the connection's writer loop) itself:
     /// its next payload is sent right there, without a hand-off between threads.</summary>
-    public Task SendAsync(byte* data, int length)
+    public Task SendAsync(byte* data, int length) => Start(new Job(data, null, length));
+
+    /// <summary>Sends the first <paramref name="length"/> bytes held by <paramref name="source"/>: splice(2)
+    /// moves its page references into the socket, so the payload is not copied here at all. Unlike
+    /// <see cref="SendAsync"/> nothing stays pinned: the pages belong to the kernel.</summary>
+    public Task SendFromPipeAsync(SplicePipe source, int length)
+    {
+        // First on the calling thread, without waiting: usually the socket has room, and then the send
+        // costs no wake-up of the sender thread. Only what does not fit goes to the thread.
+        int left;
+        try
+        {
+            left = TrySendFromPipe(source, length);
+        }
+        catch (Exception ex)
+        {
+            return Task.FromException(ex);
+        }
+        return left == 0 ? Task.CompletedTask : Start(new Job(null, source, left));
+    }
+
+    /// <summary>Splices from the pipe until the socket is full; returns the bytes not sent.</summary>
+    private int TrySendFromPipe(SplicePipe source, int length)
+    {
+        if (source.Length < length)
+            throw new InvalidOperationException($"the pipe holds {source.Length} bytes, not the request's {length}");
+        var added = false;
+        _socket.DangerousAddRef(ref added);
+        try
+        {
+            var fd = (int)_socket.DangerousGetHandle();
+            var left = length;
+            while (left > 0)
+            {
+                var moved = splice(source.ReadDescriptor, null, fd, null, (nuint)left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                if (moved > 0)
+                {
+                    left -= (int)moved;
+                    source.Taken((int)moved);
+                    continue;
+                }
+                if (moved == 0)
+                    throw new IOException("the socket took no data (closed)");
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno == EAGAIN)
+                    return left;
+                if (errno != EINTR)
+                    throw Error("splice");
+            }
+            return 0;
+        }
+        finally
+        {
+            if (added)
+                _socket.DangerousRelease();
+        }
+    }
+
+    private Task Start(Job job)
     {
         if (_thread is not null && Thread.CurrentThread == _thread)
         {
             try
             {
-                Send(data, length);
+                Send(job);
                 return Task.CompletedTask;
             }
             catch (Exception ex)
@@ -119,7 +167,6 @@ internal sealed unsafe partial class SpliceSender : IDisposable
                 return Task.FromException(ex);
             }
         }
-        var job = new Job(data, length);
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed || _exited, this);
@@ -179,7 +226,7 @@ internal sealed unsafe partial class SpliceSender : IDisposable
                 }
                 try
                 {
-                    Send(job.Data, job.Length);
+                    Send(job);
                     job.Done.TrySetResult();
                 }
                 catch (Exception ex)
@@ -197,6 +244,35 @@ internal sealed unsafe partial class SpliceSender : IDisposable
                 _job = null;
             }
             ClosePipe();
+        }
+    }
+
+    private void Send(Job job)
+    {
+        if (job.Source is { } source)
+            SendFromPipe(source, job.Length);
+        else
+            Send(job.Data, job.Length);
+    }
+
+    private void SendFromPipe(SplicePipe source, int length)
+    {
+        var added = false;
+        _socket.DangerousAddRef(ref added); // the fd number cannot be closed and reused while we poll it
+        try
+        {
+            var left = TrySendFromPipe(source, length);
+            while (left > 0)
+            {
+                // The pipe holds at least `left` bytes, so stopping early means that the socket is full.
+                WaitWritable((int)_socket.DangerousGetHandle());
+                left = TrySendFromPipe(source, left);
+            }
+        }
+        finally
+        {
+            if (added)
+                _socket.DangerousRelease();
         }
     }
 
@@ -254,7 +330,7 @@ internal sealed unsafe partial class SpliceSender : IDisposable
         while (true)
         {
             ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed), this);
-            var ready = NativePoll(&poll, 1, PollMilliseconds);
+            var ready = Poll(&poll, 1, PollMilliseconds);
             if (ready > 0)
                 return; // writable, or an error that the next splice reports
             if (ready < 0 && Marshal.GetLastPInvokeError() != EINTR)
@@ -301,59 +377,14 @@ internal sealed unsafe partial class SpliceSender : IDisposable
         return ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0;
     }
 
-    private static IOException Error(string call)
-    {
-        var errno = Marshal.GetLastPInvokeError();
-        return new IOException($"{call} failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})", new SocketException(errno));
-    }
-
-    private sealed class Job(byte* data, int length)
+    /// <summary>A payload in our memory (<paramref name="data"/>) or in a pipe (<paramref name="source"/>).</summary>
+    private sealed class Job(byte* data, SplicePipe? source, int length)
     {
         public byte* Data { get; } = data;
+        public SplicePipe? Source { get; } = source;
         public int Length { get; } = length;
         // Synchronous continuations on purpose (see SendAsync).
         public TaskCompletionSource Done { get; } = new();
     }
 
-    [StructLayout(LayoutKind.Sequential)]
-    private struct IoVec
-    {
-        public byte* Base;
-        public nuint Length;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Revents;
-    }
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int pipe2(int* fds, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int fcntl(int fd, int command, int argument);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint vmsplice(int fd, IoVec* iov, nuint count, uint flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint splice(int input, long* inputOffset, int output, long* outputOffset, nuint length, uint flags);
-
-    [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
-    private static partial int NativePoll(PollFd* fds, nuint count, int timeout);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int close(int fd);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint read(int fd, byte* buffer, nuint length);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int ioctl(int fd, nuint request, int* argument);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint recv(int fd, byte* buffer, nuint length, int flags);
 }

@@ -1,0 +1,355 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using ImageioProxy.Hosting;
+using ImageioProxy.Tickets;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using NbdClient;
+using NbdClient.Protocol;
+
+namespace ImageioProxy.DataPath;
+
+/// <summary>PUT without copying the body (Http:SpliceUploads, Linux, plain HTTP or the unix socket): the
+/// bytes go from the client's socket into a pipe and from the pipe into qemu-nbd's socket by splice(2),
+/// so this process never touches them (docs/benchmarks.md, fifth round).
+/// How it gets the socket to itself: it reads the body through Kestrel until Kestrel holds its pause
+/// threshold (Http:MaxRequestBufferSize) unconsumed, at which point Kestrel's receive loop waits for the
+/// request to consume some and does not read the socket. Those buffered bytes are written as usual; the
+/// rest of the body is spliced from the socket; then Kestrel is told to count the spliced bytes as read
+/// (<see cref="IBodySpliceFeature.Skip"/>) and resumes with the next request on the connection.</summary>
+public static class SplicedUpload
+{
+    /// <summary>NBD requests end on multiples of this (relative to the image), so qemu-nbd with
+    /// --cache=none never has to read-modify-write a block because a piece of the body ended mid-block.</summary>
+    private const int Alignment = 4096;
+
+    /// <summary>SO_RCVLOWAT while waiting for the body: the kernel wakes the proxy once this much is queued
+    /// (or less, when the body owes less) rather than for every segment (docs/benchmarks.md, fifth round).</summary>
+    private const int LowWater = 256 * 1024;
+
+    private static readonly TimeSpan MaxWait = TimeSpan.FromMinutes(1);
+    private static readonly TimeSpan MinPoll = TimeSpan.FromMilliseconds(1);
+    private static readonly TimeSpan MaxPoll = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>Whether a body of <paramref name="length"/> bytes is worth splicing: at least one whole
+    /// chunk must remain in the socket once Kestrel has buffered its threshold.</summary>
+    public static bool IsWorthIt(long length, long pauseThreshold, int chunkSize) => length >= pauseThreshold + 2L * chunkSize;
+
+    /// <summary>Uploads a Content-Length body of <paramref name="length"/> bytes at <paramref name="offset"/>.
+    /// Falls back to <see cref="Transfers.UploadAsync"/> when the whole body arrived before the threshold,
+    /// or when no pipe can be had. Throws what that path throws for the same faults
+    /// (<see cref="PartialContentException"/>, <see cref="InvalidBodyException"/>).</summary>
+    public static async Task<long> UploadAsync(PipeReader body, IBodySpliceFeature connection, long pauseThreshold, MinDataRate? minRate,
+        TimeProvider time, NbdPool pool, long offset, long length, ChunkBufferPool buffers, SplicePipePool pipes,
+        InFlightBudgets budgets, TicketOperation operation, Action<long> spliced, CancellationToken cancellationToken)
+    {
+        // 1. Wait until Kestrel holds its threshold of body bytes that nobody examined: its receive loop then
+        // waits. (A pipe's back-pressure counts unexamined bytes, so once the request marks them examined,
+        // Kestrel would read another threshold; hence polling with TryRead instead of awaiting reads.)
+        var result = await Transfers.ReadBodyAsync(body, cancellationToken);
+        var started = time.GetTimestamp();
+        var poll = MinPoll;
+        while (result.Buffer.Length < Math.Min(length, pauseThreshold) && !result.IsCompleted)
+        {
+            body.AdvanceTo(result.Buffer.Start, result.Buffer.Start);
+            CheckRate(minRate, result.Buffer.Length, started, time);
+            await Task.Delay(poll, time, cancellationToken);
+            poll = poll * 2 < MaxPoll ? poll * 2 : MaxPoll;
+            if (!body.TryRead(out result))
+            {
+                result = await Transfers.ReadBodyAsync(body, cancellationToken);
+            }
+        }
+        if (result.Buffer.Length >= length || result.IsCompleted)
+        {
+            body.AdvanceTo(result.Buffer.Start); // all there (or cut short): the usual path reads it again
+            return await Transfers.UploadAsync(body, pool, offset, length, offset + length, buffers, budgets, operation, cancellationToken);
+        }
+        var staging = pipes.Rent();
+        if (staging is null)
+        {
+            body.AdvanceTo(result.Buffer.Start);
+            return await Transfers.UploadAsync(body, pool, offset, length, offset + length, buffers, budgets, operation, cancellationToken);
+        }
+
+        var head = result.Buffer;
+        var pending = new List<Task>();
+        ReceiveLowWater? lowWater = null;
+        try
+        {
+            // 2. What Kestrel holds goes as usual, up to a block boundary; the rest of that block starts the first pipe.
+            var alignment = Math.Max(Alignment, pool.Export.MinimumBlockSize);
+            var headEnd = offset + head.Length;
+            var copied = Math.Max(0, AlignDown(headEnd, alignment) - offset);
+            await WriteCopiesAsync(head.Slice(0, copied), pool, offset, buffers, budgets, operation, pending, cancellationToken);
+            var tail = head.Slice(copied);
+            staging.Write(tail.IsSingleSegment ? tail.FirstSpan : tail.ToArray());
+
+            // 3. The rest comes from the socket, a chunk per pipe, each sent whole as one NBD request.
+            var chunkSize = Math.Min(Math.Min(buffers.BufferSize, staging.Capacity), pool.MaxRequestLength);
+            var socket = connection.Socket;
+            var end = offset + length;
+            var position = offset + copied; // where the staging pipe's first byte goes
+            long fromSocket = 0;
+            lowWater = new ReceiveLowWater(socket);
+            while (position < end)
+            {
+                Transfers.FailFast(pending);
+                var target = end - position <= chunkSize ? end : AlignDown(position + chunkSize, alignment);
+                var taken = await budgets.AcquireAsync((int)(target - position), cancellationToken);
+                try
+                {
+                    while (position + staging.Length < target)
+                    {
+                        var moved = staging.SpliceFrom(socket, (int)(target - position - staging.Length));
+                        if (moved > 0)
+                        {
+                            fromSocket += moved;
+                            continue;
+                        }
+                        if (moved == 0)
+                        {
+                            throw new PartialContentException(length, position + staging.Length - offset);
+                        }
+                        if (socket.Available > 0)
+                        {
+                            break; // the socket has data but the pipe took none: its slots are full
+                        }
+                        lowWater.Set(Math.Min(LowWater, (int)(target - position - staging.Length)));
+                        await WaitForDataAsync(socket, minRate, head.Length + fromSocket, started, time, cancellationToken);
+                    }
+                }
+                catch (SocketException e)
+                {
+                    budgets.Release(taken);
+                    throw new InvalidBodyException(new IOException($"Reading the request body failed: {e.Message}", e));
+                }
+                catch
+                {
+                    budgets.Release(taken);
+                    throw;
+                }
+                var chunkLength = staging.Length;
+                if (position + chunkLength < end && AlignDown(position + chunkLength, alignment) > position)
+                {
+                    chunkLength = (int)(AlignDown(position + chunkLength, alignment) - position);
+                }
+                SplicePipe chunk;
+                if (chunkLength == staging.Length)
+                {
+                    chunk = staging;
+                    staging = pipes.Rent() ?? throw OutOfPipes(budgets, taken);
+                }
+                else
+                {
+                    chunk = pipes.Rent() ?? throw OutOfPipes(budgets, taken);
+                    staging.MoveTo(chunk, chunkLength);
+                }
+                pending.Add(WritePipeAsync(pool, position, chunk, pipes, taken, budgets, operation, cancellationToken));
+                position += chunkLength;
+            }
+            spliced(fromSocket);
+        }
+        finally
+        {
+            lowWater?.Reset(); // before Kestrel reads the socket again
+            pipes.Return(staging);
+            await Transfers.WhenAllSettled(pending);
+            // 4. Kestrel counts the bytes taken from its socket as read, and resumes. After a failure the
+            // socket may still hold part of the body: the caller's error response closes the connection.
+            connection.Skip(length - head.Length);
+            body.AdvanceTo(head.End);
+            await SkipRestAsync(body, length - head.Length);
+        }
+        await Task.WhenAll(pending); // rethrows the first failure
+        return length;
+    }
+
+    private static async Task WriteCopiesAsync(ReadOnlySequence<byte> data, NbdPool pool, long offset, ChunkBufferPool buffers,
+        InFlightBudgets budgets, TicketOperation operation, List<Task> pending, CancellationToken cancellationToken)
+    {
+        var chunkSize = buffers.BufferSize;
+        for (long at = 0; at < data.Length; at += chunkSize)
+        {
+            var length = (int)Math.Min(chunkSize, data.Length - at);
+            var taken = await budgets.AcquireAsync(length, cancellationToken);
+            var buffer = buffers.Rent(length);
+            data.Slice(at, length).CopyTo(buffer);
+            pending.Add(Transfers.WriteChunkAsync(pool, offset + at, buffers, buffer, length, taken, budgets, operation, cancellationToken));
+        }
+    }
+
+    private static async Task WritePipeAsync(NbdPool pool, long offset, SplicePipe chunk, SplicePipePool pipes, (long, long) taken,
+        InFlightBudgets budgets, TicketOperation operation, CancellationToken cancellationToken)
+    {
+        var length = chunk.Length;
+        try
+        {
+            await pool.WriteAsync(offset, chunk, NbdCommandFlags.None, cancellationToken);
+            operation.AddDone(length);
+        }
+        finally
+        {
+            pipes.Return(chunk); // one that still holds data after a failure is closed, not reused
+            budgets.Release(taken);
+        }
+    }
+
+    /// <summary>Waits until the socket has data. Kestrel's Limits:MinRequestBodyDataRate applies as it does to
+    /// Kestrel's own reads: after the grace period, a client whose average rate falls below it gets 408.</summary>
+    private static async Task WaitForDataAsync(Socket socket, MinDataRate? minRate, long received, long started, TimeProvider time,
+        CancellationToken cancellationToken)
+    {
+        if (minRate is null)
+        {
+            await socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, cancellationToken);
+            return;
+        }
+        while (true)
+        {
+            var left = CheckRate(minRate, received, started, time);
+            // At most a minute per wait: what a fast upload earns at 240 B/s is far beyond a timer's range.
+            using var timeout = new CancellationTokenSource(left < MaxWait ? left : MaxWait, time);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
+            try
+            {
+                // A zero-byte receive waits for data without taking any (the runtime peeks).
+                await socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, linked.Token);
+                return;
+            }
+            catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+            {
+                // The deadline, or a minute, passed: check again.
+            }
+        }
+    }
+
+    /// <summary>Kestrel's rule for Limits:MinRequestBodyDataRate: after the grace period the average rate since
+    /// <paramref name="started"/> must reach the minimum. Returns how long the client may still send nothing.</summary>
+    private static TimeSpan CheckRate(MinDataRate? minRate, long received, long started, TimeProvider time)
+    {
+        if (minRate is null)
+        {
+            return Timeout.InfiniteTimeSpan;
+        }
+        var allowed = TimeSpan.FromSeconds(Math.Max(minRate.GracePeriod.TotalSeconds, received / minRate.BytesPerSecond));
+        var left = allowed - time.GetElapsedTime(started);
+        return left > TimeSpan.Zero ? left : throw TooSlow();
+    }
+
+    /// <summary>Reads the placeholders off Kestrel's body reader, which then has its whole body.</summary>
+    private static async Task SkipRestAsync(PipeReader body, long count)
+    {
+        for (long skipped = 0; skipped < count;)
+        {
+            var result = await body.ReadAsync();
+            skipped += result.Buffer.Length;
+            body.AdvanceTo(result.Buffer.End);
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                break;
+            }
+        }
+    }
+
+    private static InvalidBodyException TooSlow() => new(new Microsoft.AspNetCore.Http.BadHttpRequestException(
+        "Reading the request body timed out due to data arriving too slowly (Limits:MinRequestBodyDataRate)", StatusCodes.Status408RequestTimeout));
+
+    private static IOException OutOfPipes(InFlightBudgets budgets, (long, long) taken)
+    {
+        budgets.Release(taken);
+        return new IOException("No pipe could be made for a spliced upload (out of file descriptors?)");
+    }
+
+    private static long AlignDown(long value, int alignment) => value - (value % alignment);
+}
+
+/// <summary>The socket's SO_RCVLOWAT, set only when it changes, and put back to 1 (the default, which Kestrel
+/// expects) by <see cref="Reset"/>. Where the socket refuses it (not TCP), it stays as it was.</summary>
+internal sealed class ReceiveLowWater(Socket socket)
+{
+    private int _current = 1;
+    private bool _refused;
+
+    public void Set(int bytes)
+    {
+        bytes = Math.Max(1, bytes);
+        if (_refused || bytes == _current)
+        {
+            return;
+        }
+        try
+        {
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReceiveLowWater, bytes);
+            _current = bytes;
+        }
+        catch (SocketException)
+        {
+            _refused = true; // unix sockets: every wake-up then comes with whatever arrived
+        }
+    }
+
+    public void Reset()
+    {
+        try
+        {
+            Set(1);
+        }
+        catch (ObjectDisposedException)
+        {
+            // The connection is gone; nobody reads the socket again.
+        }
+    }
+}
+
+/// <summary>Reusable pipes for <see cref="SplicedUpload"/>, each holding one chunk. Pipes count against
+/// the user's pipe-user-pages-soft (64 MiB of pipes by default, unless the process has CAP_SYS_RESOURCE),
+/// so at most <paramref name="maxRetained"/> idle ones are kept.</summary>
+public sealed class SplicePipePool(int pipeSize, int maxRetained) : IDisposable
+{
+    /// <summary>A pipe granted less than this (the user is past pipe-user-pages-soft, or pipe-max-size is
+    /// set lower) is not used: the upload falls back to copying rather than send tiny requests.</summary>
+    public const int MinimumPipeSize = 256 * 1024;
+
+    private readonly ConcurrentBag<SplicePipe> _free = [];
+    private int _disposed;
+
+    public int PipeSize { get; } = pipeSize;
+
+    /// <summary>An empty pipe, or null when none can be made.</summary>
+    public SplicePipe? Rent()
+    {
+        if (_free.TryTake(out var pipe))
+        {
+            return pipe;
+        }
+        pipe = SplicePipe.TryCreate(PipeSize);
+        if (pipe is not null && pipe.Capacity < Math.Min(PipeSize, MinimumPipeSize))
+        {
+            pipe.Dispose();
+            return null;
+        }
+        return pipe;
+    }
+
+    public void Return(SplicePipe pipe)
+    {
+        ArgumentNullException.ThrowIfNull(pipe);
+        if (pipe.Length != 0 || Volatile.Read(ref _disposed) != 0 || _free.Count >= maxRetained)
+        {
+            pipe.Dispose();
+            return;
+        }
+        _free.Add(pipe);
+    }
+
+    public void Dispose()
+    {
+        Interlocked.Exchange(ref _disposed, 1);
+        while (_free.TryTake(out var pipe))
+        {
+            pipe.Dispose();
+        }
+    }
+}
