@@ -76,6 +76,8 @@ public static class SplicedUpload
         var head = result.Buffer;
         var pending = new List<Task>();
         ReceiveLowWater? lowWater = null;
+        long fromSocket = 0;
+        var succeeded = false;
         try
         {
             // 2. What Kestrel holds goes as usual, up to a block boundary; the rest of that block starts the first pipe.
@@ -91,7 +93,6 @@ public static class SplicedUpload
             var socket = connection.Socket;
             var end = offset + length;
             var position = offset + copied; // where the staging pipe's first byte goes
-            long fromSocket = 0;
             lowWater = new ReceiveLowWater(socket);
             while (position < end)
             {
@@ -149,18 +150,29 @@ public static class SplicedUpload
                 pending.Add(WritePipeAsync(pool, position, chunk, pipes, taken, budgets, operation, cancellationToken));
                 position += chunkLength;
             }
-            spliced(fromSocket);
+            succeeded = true;
         }
         finally
         {
+            spliced(fromSocket);
             lowWater?.Reset(); // before Kestrel reads the socket again
             pipes.Return(staging);
             await Transfers.WhenAllSettled(pending);
-            // 4. Kestrel counts the bytes taken from its socket as read, and resumes. After a failure the
-            // socket may still hold part of the body: the caller's error response closes the connection.
-            connection.Skip(length - head.Length);
-            body.AdvanceTo(head.End);
-            await SkipRestAsync(body, length - head.Length);
+            if (succeeded)
+            {
+                // 4. Kestrel counts the bytes taken from its socket as read, and resumes.
+                connection.Skip(length - head.Length);
+                body.AdvanceTo(head.End);
+                await SkipRestAsync(body, length - head.Length);
+            }
+            else
+            {
+                // Kestrel must not read the socket again: it may hold the rest of this body, or the client's
+                // FIN, which would abort the request before the error response is out. Examining nothing
+                // keeps its receive loop waiting; the error response closes the connection (the request's
+                // body is not marked read).
+                body.AdvanceTo(head.Start, head.Start);
+            }
         }
         await Task.WhenAll(pending); // rethrows the first failure
         return length;
