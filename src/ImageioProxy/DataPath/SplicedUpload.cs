@@ -44,32 +44,44 @@ public static class SplicedUpload
         TimeProvider time, NbdPool pool, long offset, long length, ChunkBufferPool buffers, SplicePipePool pipes,
         InFlightBudgets budgets, TicketOperation operation, Action<long> spliced, CancellationToken cancellationToken)
     {
-        // 1. Wait until Kestrel holds its threshold of body bytes that nobody examined: its receive loop then
-        // waits. (A pipe's back-pressure counts unexamined bytes, so once the request marks them examined,
-        // Kestrel would read another threshold; hence polling with TryRead instead of awaiting reads.)
+        // 1. Make sure Kestrel's receive loop waits. A pipe's back-pressure counts the bytes its reader has not
+        // examined: the writer pauses when that count reaches the threshold (Http:MaxRequestBufferSize) and
+        // resumes only when it falls below half of it. Examining everything seen so far resumes the loop if it
+        // was paused (as it can be with the request's headers still counted); once a whole threshold has
+        // arrived beyond that mark with nothing examined since, it has paused again and stays paused until the
+        // request examines more. Hence polling with TryRead: a read returns at once while unexamined bytes
+        // wait, so awaiting reads would spin. "Examined" never moves back (the pipe throws), so every later
+        // AdvanceTo that gives bytes back passes the mark.
         var result = await Transfers.ReadBodyAsync(body, cancellationToken);
         var started = time.GetTimestamp();
         var poll = MinPoll;
-        while (result.Buffer.Length < Math.Min(length, pauseThreshold) && !result.IsCompleted)
+        var marked = result.Buffer.Length;
+        body.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+        while (true)
         {
-            body.AdvanceTo(result.Buffer.Start, result.Buffer.Start);
-            CheckRate(minRate, result.Buffer.Length, started, time);
-            await Task.Delay(poll, time, cancellationToken);
-            poll = poll * 2 < MaxPoll ? poll * 2 : MaxPoll;
             if (!body.TryRead(out result))
             {
                 result = await Transfers.ReadBodyAsync(body, cancellationToken);
             }
-        }
-        if (result.Buffer.Length >= length || result.IsCompleted)
-        {
-            body.AdvanceTo(result.Buffer.Start); // all there (or cut short): the usual path reads it again
-            return await Transfers.UploadAsync(body, pool, offset, length, offset + length, buffers, budgets, operation, cancellationToken);
+            if (result.Buffer.Length >= length || result.IsCompleted)
+            {
+                // All there (or cut short): the usual path reads it again.
+                body.AdvanceTo(result.Buffer.Start, result.Buffer.GetPosition(marked));
+                return await Transfers.UploadAsync(body, pool, offset, length, offset + length, buffers, budgets, operation, cancellationToken);
+            }
+            if (result.Buffer.Length - marked >= pauseThreshold)
+            {
+                break;
+            }
+            body.AdvanceTo(result.Buffer.Start, result.Buffer.GetPosition(marked));
+            CheckRate(minRate, result.Buffer.Length, started, time);
+            await Task.Delay(poll, time, cancellationToken);
+            poll = poll * 2 < MaxPoll ? poll * 2 : MaxPoll;
         }
         var staging = pipes.Rent();
         if (staging is null)
         {
-            body.AdvanceTo(result.Buffer.Start);
+            body.AdvanceTo(result.Buffer.Start, result.Buffer.GetPosition(marked));
             return await Transfers.UploadAsync(body, pool, offset, length, offset + length, buffers, budgets, operation, cancellationToken);
         }
 
@@ -98,6 +110,10 @@ public static class SplicedUpload
             {
                 Transfers.FailFast(pending);
                 var target = end - position <= chunkSize ? end : AlignDown(position + chunkSize, alignment);
+                if (target <= position)
+                {
+                    target = position + chunkSize; // a block larger than a request: no aligned end to cut at
+                }
                 var taken = await budgets.AcquireAsync((int)(target - position), cancellationToken);
                 try
                 {
@@ -136,19 +152,42 @@ public static class SplicedUpload
                 {
                     chunkLength = (int)(AlignDown(position + chunkLength, alignment) - position);
                 }
+                SplicePipe? next;
+                try
+                {
+                    next = await RentAsync(pipes, pending);
+                }
+                catch
+                {
+                    budgets.Release(taken);
+                    throw;
+                }
                 SplicePipe chunk;
                 if (chunkLength == staging.Length)
                 {
                     chunk = staging;
-                    staging = pipes.Rent() ?? throw OutOfPipes(budgets, taken);
+                    staging = next;
                 }
                 else
                 {
-                    chunk = pipes.Rent() ?? throw OutOfPipes(budgets, taken);
+                    chunk = next;
                     staging.MoveTo(chunk, chunkLength);
                 }
                 pending.Add(WritePipeAsync(pool, position, chunk, pipes, taken, budgets, operation, cancellationToken));
                 position += chunkLength;
+            }
+            // Kestrel must not have read the socket meanwhile (its receive loop was paused): if it had, the bytes
+            // spliced would not all be this body's, and the request must fail rather than answer 200.
+            body.AdvanceTo(head.Start, head.GetPosition(marked));
+            var again = body.TryRead(out result); // at once: the head is still there, unconsumed
+            var extra = again ? result.Buffer.Length - head.Length : -head.Length;
+            if (again)
+            {
+                head = result.Buffer;
+            }
+            if (extra != 0)
+            {
+                throw new InvalidOperationException($"Kestrel's buffer changed by {extra} bytes during a spliced upload");
             }
             succeeded = true;
         }
@@ -169,9 +208,9 @@ public static class SplicedUpload
             {
                 // Kestrel must not read the socket again: it may hold the rest of this body, or the client's
                 // FIN, which would abort the request before the error response is out. Examining nothing
-                // keeps its receive loop waiting; the error response closes the connection (the request's
-                // body is not marked read).
-                body.AdvanceTo(head.Start, head.Start);
+                // beyond the mark keeps its receive loop waiting; the error response closes the connection
+                // (the request's body is not marked read).
+                body.AdvanceTo(head.Start, head.GetPosition(marked));
             }
         }
         await Task.WhenAll(pending); // rethrows the first failure
@@ -268,10 +307,23 @@ public static class SplicedUpload
     private static InvalidBodyException TooSlow() => new(new Microsoft.AspNetCore.Http.BadHttpRequestException(
         "Reading the request body timed out due to data arriving too slowly (Limits:MinRequestBodyDataRate)", StatusCodes.Status408RequestTimeout));
 
-    private static IOException OutOfPipes(InFlightBudgets budgets, (long, long) taken)
+    /// <summary>A pipe, waiting for a write of this upload to give its pipe back when none can be made (the
+    /// user is past fs.pipe-user-pages-soft, or out of descriptors).</summary>
+    private static async Task<SplicePipe> RentAsync(SplicePipePool pipes, List<Task> pending)
     {
-        budgets.Release(taken);
-        return new IOException("No pipe could be made for a spliced upload (out of file descriptors?)");
+        while (true)
+        {
+            if (pipes.Rent() is { } pipe)
+            {
+                return pipe;
+            }
+            var writing = pending.Where(t => !t.IsCompleted).ToList();
+            if (writing.Count == 0)
+            {
+                throw new IOException("No pipe could be made for a spliced upload (fs.pipe-user-pages-soft, or out of file descriptors)");
+            }
+            await Task.WhenAny(writing);
+        }
     }
 
     private static long AlignDown(long value, int alignment) => value - (value % alignment);

@@ -43,4 +43,17 @@ public class SysctlFileTests
         settings["net.core.wmem_default"].Should().BeGreaterThanOrEqualTo(wanted, "unix-socket clients never set their own send buffer");
         File.ReadAllText(DeployFiles.Path("docs/operations.md")).Should().Contain("deploy/sysctl/90-imageio-proxy.conf");
     }
+
+    [Fact]
+    public void An_unprivileged_service_may_hold_pipes_for_far_more_than_its_in_flight_bytes()
+    {
+        var settings = ReadSettings();
+        var backend = new BackendOptions();
+
+        // Spliced uploads hold a pipe of Backend:ChunkSize per chunk in flight (up to Backend:MaxInFlightBytes),
+        // plus idle pipes kept for reuse and one per NBD connection for zero-copy writes.
+        var pagesInFlight = backend.MaxInFlightBytes / Environment.SystemPageSize;
+        settings["fs.pipe-user-pages-soft"].Should().BeGreaterThanOrEqualTo(4 * pagesInFlight);
+        File.ReadAllText(DeployFiles.Path("docs/operations.md")).Should().Contain("fs.pipe-user-pages-soft");
+    }
 }
