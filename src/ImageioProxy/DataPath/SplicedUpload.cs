@@ -44,6 +44,23 @@ public static class SplicedUpload
         TimeProvider time, NbdPool pool, long offset, long length, ChunkBufferPool buffers, SplicePipePool pipes,
         InFlightBudgets budgets, TicketOperation operation, Action<long> spliced, CancellationToken cancellationToken)
     {
+        var pending = new List<Task>();
+        try
+        {
+            return await UploadAsync(body, connection, pauseThreshold, minRate, time, pool, offset, length, buffers, pipes, budgets,
+                operation, spliced, pending, cancellationToken);
+        }
+        finally
+        {
+            // Every write sent is acknowledged (or failed) before the request is answered, whatever happened.
+            await Transfers.WhenAllSettled(pending);
+        }
+    }
+
+    private static async Task<long> UploadAsync(PipeReader body, IBodySpliceFeature connection, long pauseThreshold, MinDataRate? minRate,
+        TimeProvider time, NbdPool pool, long offset, long length, ChunkBufferPool buffers, SplicePipePool pipes,
+        InFlightBudgets budgets, TicketOperation operation, Action<long> spliced, List<Task> pending, CancellationToken cancellationToken)
+    {
         // 1. Make sure Kestrel's receive loop waits. A pipe's back-pressure counts the bytes its reader has not
         // examined: the writer pauses when that count reaches the threshold (Http:MaxRequestBufferSize) and
         // resumes only when it falls below half of it. Examining everything seen so far resumes the loop if it
@@ -56,37 +73,61 @@ public static class SplicedUpload
         var started = time.GetTimestamp();
         var poll = MinPoll;
         var marked = result.Buffer.Length;
-        body.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+        var seen = marked;
+        var lastProgress = started;
+        long written = 0; // body bytes already sent, as copies, from its start
         while (true)
         {
-            if (!body.TryRead(out result))
-            {
-                result = await Transfers.ReadBodyAsync(body, cancellationToken);
-            }
             if (result.Buffer.Length >= length || result.IsCompleted)
             {
-                // All there (or cut short): the usual path reads it again.
-                body.AdvanceTo(result.Buffer.Start, result.Buffer.GetPosition(marked));
-                return await Transfers.UploadAsync(body, pool, offset, length, offset + length, buffers, budgets, operation, cancellationToken);
+                // All there (or cut short): the usual path does the rest.
+                return await CopyRestAsync(result, written, marked);
+            }
+            // Whole chunks go out as they arrive, as on the usual path (progress shows; a stalled client's data
+            // is not held back). Copying them examines nothing.
+            try
+            {
+                written = await WriteCopiesAsync(result.Buffer, written, AlignDown(result.Buffer.Length, buffers.BufferSize), pool, offset,
+                    buffers, budgets, operation, pending, cancellationToken);
+            }
+            catch
+            {
+                body.AdvanceTo(result.Buffer.Start, result.Buffer.GetPosition(marked)); // no read left open
+                throw;
             }
             if (result.Buffer.Length - marked >= pauseThreshold)
             {
                 break;
             }
+            // The first time round this examines everything seen so far (the mark), later nothing more.
             body.AdvanceTo(result.Buffer.Start, result.Buffer.GetPosition(marked));
-            CheckRate(minRate, result.Buffer.Length, started, time);
+            Transfers.FailFast(pending);
+            if (result.Buffer.Length > seen)
+            {
+                seen = result.Buffer.Length;
+                lastProgress = time.GetTimestamp();
+            }
+            else if (minRate is not null && time.GetElapsedTime(lastProgress) > minRate.GracePeriod)
+            {
+                // Kestrel's rule counts only time spent waiting on a read, and this polling is not one: a
+                // client that sends nothing for the grace period is too slow.
+                throw TooSlow();
+            }
             await Task.Delay(poll, time, cancellationToken);
             poll = poll * 2 < MaxPoll ? poll * 2 : MaxPoll;
+            if (!body.TryRead(out result))
+            {
+                // Nothing unexamined: wait for more, under Kestrel's own Limits:MinRequestBodyDataRate.
+                result = await Transfers.ReadBodyAsync(body, cancellationToken);
+            }
         }
         var staging = pipes.Rent();
         if (staging is null)
         {
-            body.AdvanceTo(result.Buffer.Start, result.Buffer.GetPosition(marked));
-            return await Transfers.UploadAsync(body, pool, offset, length, offset + length, buffers, budgets, operation, cancellationToken);
+            return await CopyRestAsync(result, written, marked);
         }
 
         var head = result.Buffer;
-        var pending = new List<Task>();
         ReceiveLowWater? lowWater = null;
         long fromSocket = 0;
         var succeeded = false;
@@ -94,9 +135,8 @@ public static class SplicedUpload
         {
             // 2. What Kestrel holds goes as usual, up to a block boundary; the rest of that block starts the first pipe.
             var alignment = Math.Max(Alignment, pool.Export.MinimumBlockSize);
-            var headEnd = offset + head.Length;
-            var copied = Math.Max(0, AlignDown(headEnd, alignment) - offset);
-            await WriteCopiesAsync(head.Slice(0, copied), pool, offset, buffers, budgets, operation, pending, cancellationToken);
+            var copied = Math.Max(written, AlignDown(offset + head.Length, alignment) - offset);
+            await WriteCopiesAsync(head, written, copied, pool, offset, buffers, budgets, operation, pending, cancellationToken);
             var tail = head.Slice(copied);
             staging.Write(tail.IsSingleSegment ? tail.FirstSpan : tail.ToArray());
 
@@ -109,11 +149,9 @@ public static class SplicedUpload
             while (position < end)
             {
                 Transfers.FailFast(pending);
-                var target = end - position <= chunkSize ? end : AlignDown(position + chunkSize, alignment);
-                if (target <= position)
-                {
-                    target = position + chunkSize; // a block larger than a request: no aligned end to cut at
-                }
+                // Chunks end on multiples of the chunk size, as on the usual path: a chunk goes out as soon as
+                // the client has sent its last byte (progress, and a client that pauses mid-body).
+                var target = Math.Min(end, AlignDown(position + chunkSize, chunkSize));
                 var taken = await budgets.AcquireAsync((int)(target - position), cancellationToken);
                 try
                 {
@@ -215,20 +253,31 @@ public static class SplicedUpload
         }
         await Task.WhenAll(pending); // rethrows the first failure
         return length;
+
+        // Gives up splicing: the usual path takes the body from the first byte not yet written.
+        async Task<long> CopyRestAsync(ReadResult buffered, long done, long mark)
+        {
+            body.AdvanceTo(buffered.Buffer.GetPosition(done), buffered.Buffer.GetPosition(Math.Max(mark, done)));
+            var rest = await Transfers.UploadAsync(body, pool, offset + done, length - done, offset + length, buffers, budgets, operation, cancellationToken);
+            await Task.WhenAll(pending);
+            return done + rest;
+        }
     }
 
-    private static async Task WriteCopiesAsync(ReadOnlySequence<byte> data, NbdPool pool, long offset, ChunkBufferPool buffers,
-        InFlightBudgets budgets, TicketOperation operation, List<Task> pending, CancellationToken cancellationToken)
+    /// <summary>Writes bytes [from, to) of the buffered body as copies, in chunks; returns <paramref name="to"/>.</summary>
+    private static async Task<long> WriteCopiesAsync(ReadOnlySequence<byte> data, long from, long to, NbdPool pool, long offset,
+        ChunkBufferPool buffers, InFlightBudgets budgets, TicketOperation operation, List<Task> pending, CancellationToken cancellationToken)
     {
         var chunkSize = buffers.BufferSize;
-        for (long at = 0; at < data.Length; at += chunkSize)
+        for (var at = from; at < to; at += chunkSize)
         {
-            var length = (int)Math.Min(chunkSize, data.Length - at);
+            var length = (int)Math.Min(chunkSize, to - at);
             var taken = await budgets.AcquireAsync(length, cancellationToken);
             var buffer = buffers.Rent(length);
             data.Slice(at, length).CopyTo(buffer);
             pending.Add(Transfers.WriteChunkAsync(pool, offset + at, buffers, buffer, length, taken, budgets, operation, cancellationToken));
         }
+        return Math.Max(from, to);
     }
 
     private static async Task WritePipeAsync(NbdPool pool, long offset, SplicePipe chunk, SplicePipePool pipes, (long, long) taken,
