@@ -66,13 +66,15 @@ public static class SplicedUpload
         // resumes only when it falls below half of it. Examining everything seen so far resumes the loop if it
         // was paused (as it can be with the request's headers still counted); once a whole threshold has
         // arrived beyond that mark with nothing examined since, it has paused again and stays paused until the
-        // request examines more. Hence polling with TryRead: a read returns at once while unexamined bytes
+        // request examines more. (Kestrel may also have paused between the first read and the mark, leaving the
+        // bytes past it counted: when nothing arrives during a poll, the mark moves up to everything seen.) Hence polling with TryRead: a read returns at once while unexamined bytes
         // wait, so awaiting reads would spin. "Examined" never moves back (the pipe throws), so every later
         // AdvanceTo that gives bytes back passes the mark.
         var result = await Transfers.ReadBodyAsync(body, cancellationToken);
         var started = time.GetTimestamp();
         var poll = MinPoll;
         var marked = result.Buffer.Length;
+        var observed = -1L;
         var seen = marked;
         var lastProgress = started;
         long written = 0; // body bytes already sent, as copies, from its start
@@ -99,6 +101,14 @@ public static class SplicedUpload
             {
                 break;
             }
+            if (result.Buffer.Length == observed)
+            {
+                // Nothing arrived during the last poll. Kestrel may have paused before the mark was set, with
+                // bytes past the mark still counted but fewer than a threshold: it would not resume. Examining
+                // everything again lifts such a pause (and costs nothing when the client is merely slow).
+                marked = result.Buffer.Length;
+            }
+            observed = result.Buffer.Length;
             // The first time round this examines everything seen so far (the mark), later nothing more.
             body.AdvanceTo(result.Buffer.Start, result.Buffer.GetPosition(marked));
             Transfers.FailFast(pending);
