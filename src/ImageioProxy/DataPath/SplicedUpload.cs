@@ -65,11 +65,11 @@ public static class SplicedUpload
         // examined: the writer pauses when that count reaches the threshold (Http:MaxRequestBufferSize) and
         // resumes only when it falls below half of it. Examining everything seen so far resumes the loop if it
         // was paused (as it can be with the request's headers still counted); once a whole threshold has
-        // arrived beyond that mark with nothing examined since, it has paused again and stays paused until the
-        // request examines more. (Kestrel may also have paused between the first read and the mark, leaving the
-        // bytes past it counted: when nothing arrives during a poll, the mark moves up to everything seen.) Hence polling with TryRead: a read returns at once while unexamined bytes
-        // wait, so awaiting reads would spin. "Examined" never moves back (the pipe throws), so every later
-        // AdvanceTo that gives bytes back passes the mark.
+        // arrived beyond that mark with nothing examined since, it has paused again and stays paused until
+        // the request examines more. Kestrel may also pause between the first read and the mark, leaving the
+        // bytes past it counted: when nothing arrives during a poll, the mark moves up to everything seen.
+        // Hence polling with TryRead: a read returns at once while unexamined bytes wait, so awaiting reads
+        // would spin. "Examined" never moves back (the pipe throws), so every later AdvanceTo passes the mark.
         var result = await Transfers.ReadBodyAsync(body, cancellationToken);
         var started = time.GetTimestamp();
         var poll = MinPoll;
