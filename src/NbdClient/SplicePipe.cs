@@ -39,7 +39,9 @@ public sealed unsafe class SplicePipe : IDisposable
 
     internal int ReadDescriptor => _read;
 
-    /// <summary>A non-blocking, close-on-exec pipe of <paramref name="capacity"/> bytes, or null where pipes
+    internal int WriteDescriptor => _write;
+
+    /// <summary>A non-blocking, close-on-exec pipe (a child process must not inherit it) of <paramref name="capacity"/> bytes, or null where pipes
     /// are unsupported or none could be made (out of descriptors). Unprivileged processes get at most
     /// /proc/sys/fs/pipe-max-size (1 MiB by default), and less once the user's pipes pass
     /// /proc/sys/fs/pipe-user-pages-soft: <see cref="Capacity"/> says what was granted.</summary>

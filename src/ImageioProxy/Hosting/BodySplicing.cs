@@ -14,7 +14,7 @@ namespace ImageioProxy.Hosting;
 public interface IBodySpliceFeature
 {
     /// <summary>The client's socket. Only a request that has made Kestrel's receive loop wait (its input
-    /// pipe holds at least the pause threshold unconsumed) may read from it.</summary>
+    /// pipe holds a whole pause threshold that the request has not examined) may read from it.</summary>
     Socket Socket { get; }
 
     /// <summary>The next <paramref name="count"/> bytes Kestrel reads are placeholders for bytes the

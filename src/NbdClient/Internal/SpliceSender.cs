@@ -24,23 +24,21 @@ internal sealed unsafe class SpliceSender : IDisposable
     private const int PollMilliseconds = 250;
 
     private readonly SafeHandle _socket;
-    private readonly int _pipeRead;
-    private readonly int _pipeWrite;
+    private readonly SplicePipe _pipe; // empty between sends: every byte put in is moved out at once
     private readonly object _gate = new();
     private Thread? _thread; // started by the first send: a connection that only reads never needs it
     private Job? _job;
     private bool _disposed;
     private bool _exited;
 
-    private SpliceSender(SafeHandle socket, int pipeRead, int pipeWrite)
+    private SpliceSender(SafeHandle socket, SplicePipe pipe)
     {
         _socket = socket;
-        _pipeRead = pipeRead;
-        _pipeWrite = pipeWrite;
+        _pipe = pipe;
     }
 
     /// <summary>The pipe's descriptors (tests check that they are closed).</summary>
-    internal (int Read, int Write) Pipe => (_pipeRead, _pipeWrite);
+    internal (int Read, int Write) Pipe => (_pipe.ReadDescriptor, _pipe.WriteDescriptor);
 
     /// <summary>A sender for <paramref name="socket"/>, or null where zero-copy is unavailable (not Linux on
     /// x64 or arm64, whose flag and ioctl values these are; or no pipe could be made): the caller then
@@ -49,24 +47,24 @@ internal sealed unsafe class SpliceSender : IDisposable
     {
         if (!IsSupported)
             return null;
-        int* fds = stackalloc int[2];
+        SplicePipe? pipe;
         try
         {
-            if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0)
-                return null;
+            // Best effort on the size: the default 64 KiB pipe works too, with more calls.
+            pipe = SplicePipe.TryCreate(PipeSize);
         }
         catch (Exception ex) when (ex is DllNotFoundException or EntryPointNotFoundException)
         {
             return null; // a libc without these calls: send as usual
         }
-        _ = fcntl(fds[1], F_SETPIPE_SZ, PipeSize); // best effort: the default 64 KiB pipe works too
-        if (!Probe(socket, fds[0], fds[1]))
+        if (pipe is null)
+            return null;
+        if (!Probe(socket, pipe.ReadDescriptor, pipe.WriteDescriptor))
         {
-            _ = close(fds[0]);
-            _ = close(fds[1]);
+            pipe.Dispose();
             return null;
         }
-        return new SpliceSender(socket.SafeHandle, fds[0], fds[1]);
+        return new SpliceSender(socket.SafeHandle, pipe);
     }
 
     /// <summary>Whether vmsplice and splice may be called here at all: a container's seccomp profile can
@@ -201,11 +199,7 @@ internal sealed unsafe class SpliceSender : IDisposable
         ClosePipe();
     }
 
-    private void ClosePipe()
-    {
-        _ = close(_pipeRead);
-        _ = close(_pipeWrite);
-    }
+    private void ClosePipe() => _pipe.Dispose();
 
     private void Run()
     {
@@ -288,7 +282,7 @@ internal sealed unsafe class SpliceSender : IDisposable
             {
                 // The pipe is empty here (every byte put in is moved out below), so this cannot block.
                 var span = new IoVec { Base = data + done, Length = (nuint)(length - done) };
-                var mapped = vmsplice(_pipeWrite, &span, 1, SPLICE_F_NONBLOCK);
+                var mapped = vmsplice(_pipe.WriteDescriptor, &span, 1, SPLICE_F_NONBLOCK);
                 if (mapped < 0)
                 {
                     if (Marshal.GetLastPInvokeError() == EINTR)
@@ -300,7 +294,7 @@ internal sealed unsafe class SpliceSender : IDisposable
                 var left = mapped;
                 while (left > 0)
                 {
-                    var moved = splice(_pipeRead, null, fd, null, (nuint)left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                    var moved = splice(_pipe.ReadDescriptor, null, fd, null, (nuint)left, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
                     if (moved > 0)
                     {
                         left -= moved;
