@@ -125,6 +125,17 @@ internal sealed partial class Suite(BenchSettings settings)
         var description = string.Join(' ', settings.BArgs.Concat(settings.BEnvironment.Select(e => $"{e.Key}={e.Value}"))
             .Concat(settings.BProxyPath is null ? [] : [$"proxy {settings.BProxyPath}"]));
         var tls = settings.Only.Contains("AB-TLS");
+        var unix = settings.Only.Contains("AB-UNIX");
+        if (settings.Only.Contains("AB-GET"))
+        {
+            // S5's traffic: one curl GET of the whole image.
+            await CompareAsync(new ComparisonResult("AB", $"S5 with `{description}` (B) vs without (A)", "B / A",
+                [
+                    new("B: with", (round, ct) => ProxyDownloadAsync(round, b, ct)),
+                    new("A: without", (round, ct) => ProxyDownloadAsync(round, null, ct)),
+                ]), cancellationToken);
+            return;
+        }
         if (settings.Only.Contains("AB-S2"))
         {
             // S2's traffic (4 parallel range PUTs + flush) instead of S1's.
@@ -143,10 +154,10 @@ internal sealed partial class Suite(BenchSettings settings)
             }
             return;
         }
-        var result = new ComparisonResult("AB", $"S1{(tls ? " over HTTPS" : "")} with `{description}` (B) vs without (A)", "B / A",
+        var result = new ComparisonResult("AB", $"S1{(tls ? " over HTTPS" : unix ? " over the unix socket" : "")} with `{description}` (B) vs without (A)", "B / A",
             [
-                new("B: with", (round, ct) => ProxyCurlUploadAsync(round, tls, unix: false, ct, variant: b)),
-                new("A: without", (round, ct) => ProxyCurlUploadAsync(round, tls, unix: false, ct)),
+                new("B: with", (round, ct) => ProxyCurlUploadAsync(round, tls, unix, ct, variant: b)),
+                new("A: without", (round, ct) => ProxyCurlUploadAsync(round, tls, unix, ct)),
             ]);
         await CompareAsync(result, cancellationToken);
     }
@@ -355,11 +366,13 @@ internal sealed partial class Suite(BenchSettings settings)
         return measurement;
     }
 
-    private async Task<Measurement> ProxyDownloadAsync(int round, CancellationToken cancellationToken)
+    private Task<Measurement> ProxyDownloadAsync(int round, CancellationToken cancellationToken) => ProxyDownloadAsync(round, null, cancellationToken);
+
+    private async Task<Measurement> ProxyDownloadAsync(int round, ProxyVariant? variant, CancellationToken cancellationToken)
     {
         var size = settings.Size;
         await using var qemu = await QemuNbd.StartAsync(_source, NbdSocket, readOnly: true, cancellationToken);
-        await using var proxy = await ProxyProcess.StartAsync(settings, NbdSocket, size, tls: false, cancellationToken);
+        await using var proxy = await ProxyProcess.StartAsync(settings, NbdSocket, size, tls: false, cancellationToken, variant);
         var url = proxy.Url.ToString();
         await WarmUpOverTcpAsync(proxy.Url, cancellationToken, downloads: true);
         return await MeasureAsync(proxy.Process, size, () => Curl(cancellationToken, "-o", "/dev/null", url));

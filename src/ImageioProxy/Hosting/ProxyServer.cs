@@ -143,7 +143,7 @@ public sealed partial class ProxyServer : IAsyncDisposable
                 {
                     listen.Protocols = HttpProtocols.Http1;
                     listen.Use(Track);
-                    if (httpTuning.SpliceUploads)
+                    if (httpTuning.SpliceLocalUploads)
                     {
                         listen.Use(BodySplicing.Middleware);
                     }

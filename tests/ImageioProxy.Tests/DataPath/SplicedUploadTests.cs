@@ -7,7 +7,8 @@ using Microsoft.Extensions.DependencyInjection;
 
 namespace ImageioProxy.Tests.DataPath;
 
-/// <summary>Spliced PUTs (Http:SpliceUploads): the body goes from the client's socket to qemu-nbd by splice(2).
+/// <summary>Spliced PUTs (Http:SpliceUploads, and Http:SpliceLocalUploads for the unix socket): the body goes
+/// from the client's socket to qemu-nbd by splice(2).
 /// Real curl, real qemu-nbd; the proxy's own counter proves which path a PUT took.</summary>
 public sealed class SplicedUploadTests(SpliceFixture fixture) : IClassFixture<SpliceFixture>
 {
@@ -170,11 +171,28 @@ public sealed class CopiedUploadTests(NoSpliceFixture fixture) : IClassFixture<N
     }
 }
 
+/// <summary>The defaults: the plain-HTTP listener splices, the unix socket copies (Http:SpliceLocalUploads).</summary>
+public sealed class DefaultUploadPathTests(DefaultUploadFixture fixture) : IClassFixture<DefaultUploadFixture>
+{
+    [Fact]
+    public async Task By_default_a_put_over_plain_http_is_spliced_and_one_over_the_unix_socket_is_copied()
+    {
+        var overTcp = await SplicedUploadTests.PutWholeImageAsync(fixture, seed: 49, id => [fixture.ImageUrl(id)]);
+        var overUnix = await SplicedUploadTests.PutWholeImageAsync(fixture, seed: 50, id => ["--unix-socket", fixture.LocalSocket, $"http://localhost/images/{id}"]);
+
+        overTcp.Should().BeInRange(fixture.ImageSize / 2, fixture.ImageSize);
+        overUnix.Should().Be(0);
+    }
+}
+
 public sealed class SpliceFixture() : ProxyFixture("raw", DefaultImageSize, new Dictionary<string, string?>
 {
     ["Limits:MinRequestBodyDataRate"] = (1024 * 1024).ToString(System.Globalization.CultureInfo.InvariantCulture),
     ["Limits:MinRequestBodyDataRateGracePeriod"] = "2",
+    ["Http:SpliceLocalUploads"] = "true",
 });
+
+public sealed class DefaultUploadFixture() : ProxyFixture("raw", DefaultImageSize, new Dictionary<string, string?>());
 
 public sealed class NoSpliceFixture() : ProxyFixture("raw", DefaultImageSize, new Dictionary<string, string?>
 {
