@@ -56,7 +56,7 @@ internal static class Report
         {
             text.AppendLine($"- {note}");
         }
-        foreach (var (id, limit) in new[] { ("S1", 0.2), ("S3", 0.6) })
+        foreach (var (id, limit) in new[] { ("S1", 0.2), ("E1", 0.2), ("S3", 0.6) })
         {
             if (results.FirstOrDefault(r => r.Id == id) is { } r && r.MedianCpuPerGiB(0) is double cpu)
             {
