@@ -549,8 +549,8 @@ internal sealed partial class Suite(BenchSettings settings)
     /// the transport is the same.</summary>
     /// <param name="splicedUploads">Also upload <see cref="SplicedWarmUps"/> bodies of <see cref="SplicedWarmUpSize"/>
     /// at offset 0, large enough to be spliced (1 MiB bodies are copied, so the spliced path would otherwise
-    /// be compiled and promoted during the timed upload: its first spliced 2 GiB PUT cost 0.65–0.69 CPU-s,
-    /// the next ones 0.31–0.40), then zero that range again so that the target is as sparse as before.</param>
+    /// be compiled during the timed upload), then zero that range again so that the target is as sparse as
+    /// before. What only back-pressure reaches is still compiled in the first large upload (see E1).</param>
     private async Task WarmUpOverTcpAsync(Uri url, CancellationToken cancellationToken, bool downloads = false, bool splicedUploads = false)
     {
         var body = await File.ReadAllBytesAsync(Path.Combine(Dir, "warm.raw"), cancellationToken);

@@ -10,7 +10,7 @@ using NbdClient.Protocol;
 
 namespace ImageioProxy.DataPath;
 
-/// <summary>PUT without copying the body (Http:SpliceUploads, Linux, plain HTTP or the unix socket): the
+/// <summary>PUT without copying the body (Linux; plain HTTP with Http:SpliceUploads, the unix socket with Http:SpliceLocalUploads): the
 /// bytes go from the client's socket into a pipe and from the pipe into qemu-nbd's socket by splice(2),
 /// so this process never touches them (docs/benchmarks.md, fifth round).
 /// How it gets the socket to itself: it reads the body through Kestrel until Kestrel holds its pause
