@@ -147,6 +147,7 @@ internal sealed partial class Suite(BenchSettings settings)
             .Concat(settings.BProxyPath is null ? [] : [$"proxy {settings.BProxyPath}"]));
         var tls = settings.Only.Contains("AB-TLS");
         var unix = settings.Only.Contains("AB-UNIX");
+        var rehearse = settings.Only.Contains("AB-E1");
         if (settings.Only.Contains("AB-GET"))
         {
             // S5's traffic: one curl GET of the whole image.
@@ -175,10 +176,10 @@ internal sealed partial class Suite(BenchSettings settings)
             }
             return;
         }
-        var result = new ComparisonResult("AB", $"S1{(tls ? " over HTTPS" : unix ? " over the unix socket" : "")} with `{description}` (B) vs without (A)", "B / A",
+        var result = new ComparisonResult("AB", $"{(rehearse ? "E1" : "S1")}{(tls ? " over HTTPS" : unix ? " over the unix socket" : "")} with `{description}` (B) vs without (A)", "B / A",
             [
-                new("B: with", (round, ct) => ProxyCurlUploadAsync(round, tls, unix, ct, variant: b)),
-                new("A: without", (round, ct) => ProxyCurlUploadAsync(round, tls, unix, ct)),
+                new("B: with", (round, ct) => ProxyCurlUploadAsync(round, tls, unix, ct, variant: b, rehearse: rehearse)),
+                new("A: without", (round, ct) => ProxyCurlUploadAsync(round, tls, unix, ct, rehearse: rehearse)),
             ]);
         await CompareAsync(result, cancellationToken);
     }
