@@ -58,7 +58,10 @@ public class ClientFaultTests(ClientFaultFixture fixture) : IClassFixture<Client
     private async Task AssertNothingLeakedAsync(string id)
     {
         var ticket = fixture.Server.Tickets.Find(id)!;
-        for (var i = 0; i < 1500 && (ticket.ConnectionCount > 0 || ticket.IsActive || ticket.Budget.InUse > 0); i++)
+        var pool = await ticket.GetPoolAsync(CancellationToken.None);
+        // A cancelled NBD read is let go at once (its buffer is not reused) and its reply is read and dropped
+        // when it comes, so the pool may still count it for a moment after the HTTP request has ended.
+        for (var i = 0; i < 1500 && (ticket.ConnectionCount > 0 || ticket.IsActive || ticket.Budget.InUse > 0 || pool.InFlight > 0); i++)
         {
             await Task.Delay(20);
         }
@@ -66,8 +69,7 @@ public class ClientFaultTests(ClientFaultFixture fixture) : IClassFixture<Client
         ticket.IsActive.Should().BeFalse();
         ticket.Budget.InUse.Should().Be(0, "every pooled buffer of the ticket was returned");
         fixture.Server.Tickets.GlobalBudget.InUse.Should().Be(0);
-        var pool = await ticket.GetPoolAsync(CancellationToken.None);
-        pool.InFlight.Should().Be(0, "no NBD request outlives the HTTP request");
+        pool.InFlight.Should().Be(0, "every NBD request of the aborted transfer was answered and dropped");
         pool.ConnectionCount.Should().BeInRange(1, 4, "the pool keeps at most Backend:NbdConnections connections");
     }
 
