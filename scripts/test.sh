@@ -51,11 +51,6 @@ finish() {
   exit "$4"
 }
 
-# ---------------------------------------------------------------------------------------------------
-# 1. System tools
-# ---------------------------------------------------------------------------------------------------
-
-# tool:package (Debian 12). nbdkit's filters and basic plugins ship in the nbdkit package itself.
 # One run at a time per checkout: a second run would rebuild under the first one's test hosts and write its
 # TRX files into the same results directory, where the first run's count would pick them up. flock(1) holds
 # the lock itself (--close), so a build server left running by this run does not keep it.
@@ -68,6 +63,11 @@ if [ -z "${TEST_SH_LOCKED:-}" ] && command -v flock >/dev/null 2>&1; then
   TEST_SH_LOCKED=1 exec flock --close "$lock_file" bash "${BASH_SOURCE[0]}" "$@"
 fi
 
+# ---------------------------------------------------------------------------------------------------
+# 1. System tools
+# ---------------------------------------------------------------------------------------------------
+
+# tool:package (Debian 12). nbdkit's filters and basic plugins ship in the nbdkit package itself.
 tools=(qemu-img:qemu-utils qemu-nbd:qemu-utils nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin
        socat:socat curl:curl openssl:openssl nginx:nginx
        systemd-analyze:systemd setpriv:util-linux node:nodejs npm:npm)
