@@ -74,11 +74,17 @@ public sealed record NbdPoolOptions
     /// <summary>Connections to open when the export advertises CAN_MULTI_CONN (otherwise 1).</summary>
     public int MaxConnections { get; init; } = 4;
 
-    /// <summary>Reads and writes longer than this are split into requests of at most this many bytes, sent
-    /// at once across the pool. 0: only the export's maximum payload splits them. qemu-nbd allocates a
+    /// <summary>Reads and writes longer than this are split into requests of at most this many bytes: a read's
+    /// parts are sent at once across the pool, a write's back to back on one connection (so that a pipe's
+    /// payload can be cut too). 0: only the export's maximum payload splits them. qemu-nbd allocates a
     /// buffer per request, and with glibc's allocator large ones can cost it a page fault per page
-    /// (docs/benchmarks.md).</summary>
+    /// (docs/benchmarks.md, fourth and seventh rounds).</summary>
     public int MaxRequestSize { get; init; }
+
+    /// <summary>Writes from a pipe (<see cref="NbdPool.WriteAsync(long, SplicePipe, NbdCommandFlags, CancellationToken)"/>)
+    /// longer than this go as requests of at most this many bytes, back to back on one connection. 0: as
+    /// <see cref="MaxRequestSize"/>.</summary>
+    public int MaxPipeRequestSize { get; init; }
 
     /// <summary>How many times to try opening a replacement connection before failing a request.</summary>
     public int ReconnectAttempts { get; init; } = 3;

@@ -37,7 +37,10 @@ public sealed partial class NbdConnection
                         return;
                     }
                     if (!request.TryBeginSend())
+                    {
+                        request.Group?.Break();
                         continue; // cancelled while queued
+                    }
                     try
                     {
                         if (buffer.Length - used < NbdLimits.RequestHeaderSize + CoalesceLimit)

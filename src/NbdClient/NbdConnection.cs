@@ -358,20 +358,85 @@ public sealed partial class NbdConnection : IAsyncDisposable
         ?? Volatile.Read(ref _closing)
         ?? new NbdConnectionException(NbdConnectionFailure.Closed, NbdPhase.Transmission, "the connection is closed");
 
-    /// <summary>Submits one write-like request for the pool: returns the caller's task and a task that
-    /// completes when the request is really over (the reply arrived or the connection died), which the
-    /// pool's flush barrier and range ordering must wait for even when the caller was cancelled.</summary>
-    internal (Task Caller, Task<Exception?> Settled) SubmitForPool(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload,
-        SplicePipe? source, long length, CancellationToken cancellationToken)
+    /// <summary>Submits one write-like request for the pool: returns the caller's task. <paramref name="settled"/>
+    /// is called once, inline, when the request is really over (the reply arrived or the connection died),
+    /// which the pool's flush barrier and range ordering must wait for even when the caller was cancelled.</summary>
+    internal Task SubmitForPool(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload,
+        SplicePipe? source, long length, Action<Exception?> settled, CancellationToken cancellationToken)
     {
         CheckRequest(command, flags, offset, length);
         if (length > (command == NbdCommand.Write ? _export.MaximumPayload : MaxEffectLength))
             throw new ArgumentOutOfRangeException(nameof(length), "the pool splits requests before submitting them");
-        var request = new NbdRequest(command, flags, offset, (uint)length) { Payload = payload, Source = source };
-        return (SubmitAsync(request, cancellationToken), request.Settled);
+        var request = new NbdRequest(command, flags, offset, (uint)length) { Payload = payload, Source = source, OnSettled = settled };
+        return SubmitAsync(request, cancellationToken);
+    }
+
+    /// <summary>Submits one write for the pool as requests of at most <paramref name="partSize"/> bytes, sent in
+    /// order on this connection (each part of a pipe's payload is spliced from it in turn). The caller's task
+    /// completes when every part is over; <paramref name="settled"/> is called once, when all of them are
+    /// settled, with the first error. Why parts: qemu-nbd allocates a buffer per request, and with the
+    /// issue's malloc setting one above 128 KiB is given back to the kernel when freed and faulted in again
+    /// by the next request (docs/benchmarks.md, seventh round).</summary>
+    internal Task SubmitPartsForPool(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload,
+        SplicePipe? source, long length, int partSize, Action<Exception?> settled, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(partSize);
+        var count = (int)((length + partSize - 1) / partSize);
+        var group = new RequestGroup(count);
+        var settledParts = new SettledCounter(count, settled);
+        var parts = new NbdRequest[count];
+        for (var i = 0; i < count; i++)
+        {
+            var at = (long)i * partSize;
+            var partLength = (int)Math.Min(partSize, length - at);
+            CheckRequest(command, flags, offset + at, partLength);
+            if (partLength > (command == NbdCommand.Write ? _export.MaximumPayload : MaxEffectLength))
+                throw new ArgumentOutOfRangeException(nameof(partSize), "a part is larger than the server accepts");
+            parts[i] = new NbdRequest(command, flags, offset + at, (uint)partLength)
+            {
+                Payload = payload.IsEmpty ? default : payload.Slice((int)at, partLength),
+                Source = source,
+                OnSettled = settledParts.PartSettled,
+                Group = group,
+            };
+        }
+        return SubmitPartsAsync(parts, group, cancellationToken);
+    }
+
+    private async Task SubmitPartsAsync(NbdRequest[] parts, RequestGroup group, CancellationToken cancellationToken)
+    {
+        for (var i = 0; i < parts.Length; i++)
+        {
+            try
+            {
+                // One after the other: each part is in the send queue before the next one waits for a slot.
+                await AdmitAsync(parts[i], cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception error)
+            {
+                // This part (settled by AdmitAsync) and the later ones never reach the server.
+                var canceled = error is OperationCanceledException;
+                for (var j = i; j < parts.Length; j++)
+                {
+                    if (j > i)
+                        parts[j].Settle(canceled ? null : error);
+                    group.PartDone(canceled ? null : error, canceled);
+                }
+                break;
+            }
+        }
+        await group.Task.ConfigureAwait(false);
     }
 
     private async Task SubmitAsync(NbdRequest request, CancellationToken cancellationToken)
+    {
+        await AdmitAsync(request, cancellationToken).ConfigureAwait(false);
+        await request.Task.ConfigureAwait(false);
+    }
+
+    /// <summary>Takes a slot, gives the request a cookie and puts it in the send queue. Throws (with the request
+    /// settled) when cancelled while waiting for a slot, or when the connection is closed.</summary>
+    private async ValueTask AdmitAsync(NbdRequest request, CancellationToken cancellationToken)
     {
         try
         {
@@ -382,20 +447,27 @@ public sealed partial class NbdConnection : IAsyncDisposable
             request.Settle(null);
             throw;
         }
+        NbdConnectionException? closed = null;
         lock (_lock)
         {
             if (_failure is not null || _closing is not null)
             {
                 _slots.Release();
-                var closed = ClosedError();
-                request.Settle(closed);
-                throw closed;
+                closed = ClosedError();
             }
-            request.Cookie = ++_nextCookie;
-            request.StartTimestamp = _time.GetTimestamp();
-            _pending.Add(request.Cookie, request);
-            if (request.IsWriteLike)
-                request.WriteSequence = _writes.Begin();
+            else
+            {
+                request.Cookie = ++_nextCookie;
+                request.StartTimestamp = _time.GetTimestamp();
+                _pending.Add(request.Cookie, request);
+                if (request.IsWriteLike)
+                    request.WriteSequence = _writes.Begin();
+            }
+        }
+        if (closed is not null)
+        {
+            request.Settle(closed); // outside the lock: the pool's callback takes locks of its own
+            throw closed;
         }
         NbdTelemetry.RequestsInFlight.Add(1);
         if (cancellationToken.CanBeCanceled)
@@ -405,7 +477,6 @@ public sealed partial class NbdConnection : IAsyncDisposable
                 connection.OnCallerCancelled(request, token);
             }, (this, request));
         _sendQueue.Writer.TryWrite(request); // if the channel is closed, Fail() owns the request already
-        await request.Task.ConfigureAwait(false);
     }
 
     private void OnCallerCancelled(NbdRequest request, CancellationToken token)

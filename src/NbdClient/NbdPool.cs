@@ -169,6 +169,8 @@ public sealed class NbdPool : IAsyncDisposable
 
     private int RequestLimit => _options.MaxRequestSize > 0 ? Math.Min(_options.MaxRequestSize, Export.MaximumPayload) : Export.MaximumPayload;
 
+    private int PipeRequestLimit => _options.MaxPipeRequestSize > 0 ? Math.Min(_options.MaxPipeRequestSize, Export.MaximumPayload) : RequestLimit;
+
     public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         CheckRange(offset, buffer.Length);
@@ -198,32 +200,21 @@ public sealed class NbdPool : IAsyncDisposable
     {
         if (RangeError(offset, data.Length) is { } refused)
             return ValueTask.FromException(refused);
-        var max = RequestLimit;
-        if (data.Length <= max)
-            return data.Length == 0 ? default : new ValueTask(WriteLikeAsync(NbdCommand.Write, flags, offset, data, data.Length, cancellationToken));
-        var parts = new List<Task>();
-        for (var at = 0; at < data.Length; at += max)
-        {
-            var part = data.Slice(at, Math.Min(max, data.Length - at));
-            parts.Add(WriteLikeAsync(NbdCommand.Write, flags, offset + at, part, part.Length, cancellationToken));
-        }
-        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
+        return data.Length == 0 ? default : new ValueTask(WriteLikeAsync(NbdCommand.Write, flags, offset, data, data.Length, cancellationToken));
     }
 
-    /// <summary>Writes everything <paramref name="source"/> holds at <paramref name="offset"/> as one request,
-    /// sent from the pipe by splice(2) on connections with <see cref="NbdClientOptions.ZeroCopyWrites"/>
-    /// (read out and sent on others). The pipe must hold at most the largest request (the export's maximum
-    /// payload, or <see cref="NbdPoolOptions.MaxRequestSize"/>). When the task completes the pipe is empty
-    /// if the write was sent; after a failure it may still hold part of the payload, which cannot be sent
-    /// again: the caller should dispose of it.</summary>
+    /// <summary>Writes everything <paramref name="source"/> holds at <paramref name="offset"/>, sent from the pipe
+    /// by splice(2) on connections with <see cref="NbdClientOptions.ZeroCopyWrites"/> (read out and sent on
+    /// others): one request, or requests of <see cref="NbdPoolOptions.MaxPipeRequestSize"/> (else
+    /// <see cref="MaxRequestLength"/>) sent in order on one connection.
+    /// When the task completes the pipe is empty if the write was sent; after a failure it may still hold
+    /// part of the payload, which cannot be sent again: the caller should dispose of it.</summary>
     public ValueTask WriteAsync(long offset, SplicePipe source, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(source);
         var length = source.Length;
         if (RangeError(offset, length) is { } refused)
             return ValueTask.FromException(refused);
-        if (length > RequestLimit)
-            return ValueTask.FromException(new ArgumentOutOfRangeException(nameof(source), $"a pipe write is one request of at most {RequestLimit} bytes, not {length}"));
         return length == 0 ? default : new ValueTask(WriteLikeAsync(NbdCommand.Write, flags, offset, default, length, cancellationToken, source));
     }
 
@@ -248,7 +239,8 @@ public sealed class NbdPool : IAsyncDisposable
     }
 
     /// <summary>One write-like request: numbered for the flush barrier, ordered after overlapping
-    /// earlier writes, sent to the least-loaded connection.</summary>
+    /// earlier writes, sent to the least-loaded connection. A WRITE larger than the request limit goes as
+    /// several requests on that connection, with one range and one number for all of them.</summary>
     private async Task WriteLikeAsync(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload, long length,
         CancellationToken cancellationToken, SplicePipe? source = null)
     {
@@ -265,14 +257,20 @@ public sealed class NbdPool : IAsyncDisposable
             _activeWrites.AddLast(range);
         }
 
-        Task<Exception?> settled;
         Task caller;
         try
         {
             if (earlier is not null)
                 await Task.WhenAll(earlier).WaitAsync(cancellationToken).ConfigureAwait(false);
             var connection = await GetConnectionAsync(cancellationToken).ConfigureAwait(false);
-            (caller, settled) = connection.SubmitForPool(command, flags, offset, payload, source, length, cancellationToken);
+            // The range and the barrier are released when the request is really over, not when the caller
+            // stops waiting; inline, before the caller is released (EndWrite only takes a short lock).
+            var limit = source is null ? RequestLimit : PipeRequestLimit;
+            caller = command == NbdCommand.Write && length > limit
+                ? connection.SubmitPartsForPool(command, flags, offset, payload, source, length, limit,
+                    error => EndWrite(range, sequence, error), cancellationToken)
+                : connection.SubmitForPool(command, flags, offset, payload, source, length,
+                    error => EndWrite(range, sequence, error), cancellationToken);
         }
         catch
         {
@@ -280,12 +278,6 @@ public sealed class NbdPool : IAsyncDisposable
             EndWrite(range, sequence, null);
             throw;
         }
-        // The range and the barrier are released when the request is really over, not when the caller stops waiting.
-        _ = settled.ContinueWith(static (task, state) =>
-        {
-            var (pool, range, sequence) = ((NbdPool, WriteRange, long))state!;
-            pool.EndWrite(range, sequence, task.Result);
-        }, (this, range, sequence), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         await caller.ConfigureAwait(false);
     }
 

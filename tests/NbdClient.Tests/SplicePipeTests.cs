@@ -1,12 +1,13 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Text.RegularExpressions;
 using NbdClient.Tests.Integration;
 using TestSupport;
 
 namespace NbdClient.Tests;
 
 /// <summary>SplicePipe on real sockets, and NbdPool writes whose payload is a pipe, into real qemu-nbd.</summary>
-public sealed class SplicePipeTests
+public sealed partial class SplicePipeTests
 {
     private const int MiB = 1024 * 1024;
 
@@ -102,18 +103,68 @@ public sealed class SplicePipeTests
     }
 
     [Fact]
-    public async Task Pool_refuses_a_pipe_larger_than_one_request()
+    public async Task Pool_sends_a_pipe_larger_than_one_request_as_parts_in_order_on_one_connection()
     {
-        await using var server = await NbdkitServer.StartAsync(["memory", "16M"]);
+        await using var server = await NbdkitServer.StartAsync(["memory", "16M"], new NbdkitOptions { Filters = ["log"] });
         await using var pool = await NbdPool.ConnectAsync(Endpoints.Of(server), new NbdPoolOptions { MaxRequestSize = 64 * 1024 });
         using var pipe = SplicePipe.TryCreate(MiB)!;
-        pipe.Write(new byte[64 * 1024 + 1]);
+        var data = Pattern(4 * 64 * 1024 + 4096, 7);
+        pipe.Write(data);
 
-        var write = () => pool.WriteAsync(0, pipe).AsTask();
+        await pool.WriteAsync(MiB, pipe).AsTask().WaitAsync(Endpoints.Bound);
 
-        (await write.Should().ThrowAsync<ArgumentOutOfRangeException>()).WithMessage("*at most 65536 bytes*");
-        pipe.Length.Should().Be(64 * 1024 + 1, "nothing was sent");
+        pipe.Length.Should().Be(0);
+        var back = new byte[data.Length];
+        await pool.ReadAsync(MiB, back);
+        back.Should().Equal(data, "each part took the pipe's next bytes");
+        var writes = (await server.ReadLogLinesAsync())
+            .Select(line => WriteLine().Match(line))
+            .Where(m => m.Success)
+            .Select(m => (Connection: m.Groups[1].Value, Offset: Convert.ToInt64(m.Groups[2].Value, 16), Count: Convert.ToInt32(m.Groups[3].Value, 16)))
+            .ToList();
+        writes.Select(w => w.Count).Should().Equal(65536, 65536, 65536, 65536, 4096);
+        writes.Select(w => w.Offset).Should().Equal(MiB, MiB + 65536, MiB + 2 * 65536, MiB + 3 * 65536, MiB + 4 * 65536);
+        writes.Select(w => w.Connection).Distinct().Should().ContainSingle("the parts of one pipe go out back to back on one connection");
     }
+
+    [Fact]
+    public async Task Cancelling_a_write_cut_into_parts_ends_it_and_leaves_the_pool_usable()
+    {
+        // One request in flight per connection: the first part waits at the paused server, the others for a slot.
+        await using var server = await NbdkitServer.StartAsync(["memory", "16M"], new NbdkitOptions { Filters = ["pause"] });
+        await using var pool = await NbdPool.ConnectAsync(Endpoints.Of(server),
+            new NbdPoolOptions { MaxRequestSize = 64 * 1024, MaxConnections = 1, Connection = new NbdClientOptions { MaxInFlight = 1 } });
+        using var pipe = SplicePipe.TryCreate(MiB)!;
+        pipe.Write(Pattern(4 * 64 * 1024, 8));
+        using var cancel = new CancellationTokenSource();
+        await server.PauseAsync();
+        Task write;
+        try
+        {
+            write = pool.WriteAsync(0, pipe, cancellationToken: cancel.Token).AsTask();
+            await Task.Delay(200);
+            write.IsCompleted.Should().BeFalse("the server is paused");
+            cancel.Cancel();
+            await FluentActions.Awaiting(() => write.WaitAsync(Endpoints.Bound)).Should().ThrowAsync<OperationCanceledException>();
+        }
+        finally
+        {
+            await server.ResumeAsync();
+        }
+        pipe.Length.Should().Be(3 * 64 * 1024, "the parts after the first were never sent");
+
+        // The first part was on the wire: its reply is read and dropped, and the pool goes on.
+        var data = Pattern(4096, 9);
+        await pool.WriteAsync(MiB, data).AsTask().WaitAsync(Endpoints.Bound);
+        await pool.FlushAsync().AsTask().WaitAsync(Endpoints.Bound);
+        var back = new byte[data.Length];
+        await pool.ReadAsync(MiB, back);
+        back.Should().Equal(data);
+        pool.InFlight.Should().Be(0);
+    }
+
+    [GeneratedRegex(@"connection=(\d+) Write id=\d+ offset=0x([0-9a-f]+) count=0x([0-9a-f]+)")]
+    private static partial Regex WriteLine();
 
     private static async Task<(Socket Client, Socket Server)> ConnectedPairAsync()
     {

@@ -7,7 +7,7 @@ namespace NbdClient.Internal;
 internal sealed class NbdRequest
 {
     private readonly TaskCompletionSource _caller = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly TaskCompletionSource<Exception?> _settled = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _settled;
 
     public NbdRequest(NbdCommand command, NbdCommandFlags flags, long offset, uint length)
     {
@@ -23,6 +23,10 @@ internal sealed class NbdRequest
     public uint Length { get; }
     public long End => Offset + Length;
     public ulong Cookie { get; set; }
+
+    /// <summary>The write this request is one part of, when a write was cut into several requests; the
+    /// caller waits for the group, not for each part.</summary>
+    public RequestGroup? Group { get; init; }
 
     /// <summary>WRITE payload.</summary>
     public ReadOnlyMemory<byte> Payload { get; init; }
@@ -51,11 +55,18 @@ internal sealed class NbdRequest
 
     public Task Task => _caller.Task;
 
-    /// <summary>Completes (never faults) when the server answered, the connection failed, or the request
-    /// was dropped before it was sent — even if the caller stopped waiting earlier. Result: the error, if any.</summary>
-    public Task<Exception?> Settled => _settled.Task;
+    /// <summary>Called once, on the thread that settles the request, when the server answered, the connection
+    /// failed, or the request was dropped before it was sent — even if the caller stopped waiting earlier.
+    /// Argument: the error, if any. It runs inline (the reader's thread, for a reply), before the caller is
+    /// released, so it must be short and must not block: a task continuation here cost every write a
+    /// thread-pool hop (docs/benchmarks.md, seventh round).</summary>
+    public Action<Exception?>? OnSettled { get; init; }
 
-    public void Settle(Exception? error) => _settled.TrySetResult(error);
+    public void Settle(Exception? error)
+    {
+        if (Interlocked.Exchange(ref _settled, 1) == 0)
+            OnSettled?.Invoke(error);
+    }
 
     public bool IsWriteLike => Command is NbdCommand.Write or NbdCommand.WriteZeroes or NbdCommand.Trim;
 
@@ -64,6 +75,7 @@ internal sealed class NbdRequest
     private RequestState _state;
     private bool _cancelRequested;
     private bool _detached;
+    private bool _groupNotified;
 
     private enum RequestState
     {
@@ -121,6 +133,11 @@ internal sealed class NbdRequest
         {
             if (_state != RequestState.Queued)
                 return false;
+            // Parts of a pipe's payload take its bytes in turn: once one was skipped, a later one would
+            // send the skipped bytes at its own offset. (Only cancellation skips a part, and the caller's
+            // cancellation reaches every part: this one is released by its own callback.)
+            if (Source is not null && Group is { IsBroken: true })
+                return false;
             _state = RequestState.Sending;
             _everSent = true;
             return true;
@@ -173,7 +190,7 @@ internal sealed class NbdRequest
         if (_cancelRequested && !_detached && !_lent)
         {
             _detached = true;
-            _caller.TrySetCanceled();
+            CallerCanceled(default);
         }
     }
 
@@ -187,14 +204,14 @@ internal sealed class NbdRequest
             {
                 case RequestState.Queued:
                     _state = RequestState.Finished;
-                    _caller.TrySetCanceled(token);
+                    CallerCanceled(token);
                     return true;
                 case RequestState.Sent when _lent:
                     _cancelRequested = true; // the kernel still holds the payload: released by Finish
                     return false;
                 case RequestState.Sent:
                     _detached = true;
-                    _caller.TrySetCanceled(token);
+                    CallerCanceled(token);
                     return false;
                 case RequestState.Sending:
                 case RequestState.Receiving:
@@ -212,7 +229,7 @@ internal sealed class NbdRequest
     public void Finish(Exception? error, bool answered)
     {
         Registration.Dispose();
-        _settled.TrySetResult(error);
+        Settle(error);
         lock (_caller)
         {
             if (_state is RequestState.Sending or RequestState.Receiving)
@@ -228,7 +245,7 @@ internal sealed class NbdRequest
             {
                 // Cancelled while the kernel held the payload: released only now.
                 _detached = true;
-                _caller.TrySetCanceled();
+                CallerCanceled(default);
                 return;
             }
             CompleteCaller(error);
@@ -256,5 +273,72 @@ internal sealed class NbdRequest
             _caller.TrySetResult();
         else
             _caller.TrySetException(error);
+        NotifyGroup(error, canceled: false);
+    }
+
+    private void CallerCanceled(CancellationToken token)
+    {
+        _caller.TrySetCanceled(token);
+        NotifyGroup(null, canceled: true);
+    }
+
+    // Under lock (_caller), like every completion of the caller: a part counts once, whichever path ends it.
+    private void NotifyGroup(Exception? error, bool canceled)
+    {
+        if (Group is null || _groupNotified)
+            return;
+        _groupNotified = true;
+        Group.PartDone(error, canceled);
+    }
+}
+
+/// <summary>Several requests that together carry one write (<see cref="NbdConnection"/> cuts a write larger
+/// than the request limit into parts, sent back to back on one connection). The caller waits for
+/// <see cref="Task"/>: it completes once every part is over, with the first part's error if any failed, or
+/// cancelled. Counting here instead of awaiting each part spares a thread-pool hop per part.</summary>
+internal sealed class RequestGroup(int parts)
+{
+    private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _remaining = parts;
+    private Exception? _error;
+    private int _canceled;
+    private volatile bool _broken;
+
+    public Task Task => _done.Task;
+
+    /// <summary>A part was skipped (cancelled before it was sent): no later part may be sent.</summary>
+    public bool IsBroken => _broken;
+
+    public void Break() => _broken = true;
+
+    public void PartDone(Exception? error, bool canceled)
+    {
+        if (error is not null)
+            Interlocked.CompareExchange(ref _error, error, null);
+        if (canceled)
+            Volatile.Write(ref _canceled, 1);
+        if (Interlocked.Decrement(ref _remaining) != 0)
+            return;
+        if (Volatile.Read(ref _error) is { } first)
+            _done.TrySetException(first);
+        else if (Volatile.Read(ref _canceled) != 0)
+            _done.TrySetCanceled();
+        else
+            _done.TrySetResult();
+    }
+}
+
+/// <summary>Calls its callback once every part of a write has settled, with the first error.</summary>
+internal sealed class SettledCounter(int parts, Action<Exception?> settled)
+{
+    private int _remaining = parts;
+    private Exception? _error;
+
+    public void PartSettled(Exception? error)
+    {
+        if (error is not null)
+            Interlocked.CompareExchange(ref _error, error, null);
+        if (Interlocked.Decrement(ref _remaining) == 0)
+            settled(Volatile.Read(ref _error));
     }
 }
