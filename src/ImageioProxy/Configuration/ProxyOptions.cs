@@ -91,10 +91,17 @@ public sealed class BackendOptions
     /// goes to qemu-nbd as requests of at most <see cref="NbdRequestSize"/>.</summary>
     public int ChunkSize { get; set; } = 1024 * 1024;
 
-    /// <summary>The largest NBD READ/WRITE sent: a chunk is cut into requests of at most this size, sent at
-    /// once (0, the default: one request per chunk). For a qemu-nbd started without GLIBC_TUNABLES, whose
-    /// glibc maps every request buffer over ~124 KiB afresh; docs/operations.md, "qemu-nbd's allocator".</summary>
+    /// <summary>The largest NBD READ/WRITE sent: a chunk is cut into requests of at most this size (0, the
+    /// default: one request per chunk). For a qemu-nbd started without GLIBC_TUNABLES, whose glibc maps every
+    /// request buffer over ~124 KiB afresh; docs/operations.md, "qemu-nbd's allocator".</summary>
     public int NbdRequestSize { get; set; }
+
+    /// <summary>The largest NBD WRITE of a spliced PUT: each chunk taken from the client's socket goes to qemu-nbd
+    /// as requests of at most this size, back to back on one connection (0: as <see cref="NbdRequestSize"/>).
+    /// qemu-nbd allocates a buffer per request; glibc gives larger ones back to the kernel when freed (with the
+    /// mmap threshold fixed, as the GLIBC_TUNABLES does) or maps each afresh (without tunables), and
+    /// qemu-nbd then faults every page in again: 120 KiB stays clear of both (docs/benchmarks.md, seventh round).</summary>
+    public int SpliceRequestSize { get; set; } = 120 * 1024;
 
     /// <summary>Bytes of NBD reads and writes in flight for one ticket, over all its requests. 32 MiB is
     /// twice what nbdcopy keeps in flight per connection (64 × 256 KiB) and kept qemu-nbd busy in

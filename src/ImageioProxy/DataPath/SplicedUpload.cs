@@ -151,7 +151,7 @@ public static class SplicedUpload
             staging.Write(tail.IsSingleSegment ? tail.FirstSpan : tail.ToArray());
 
             // 3. The rest comes from the socket, a chunk per pipe, each sent whole as one NBD request.
-            var chunkSize = Math.Min(Math.Min(buffers.BufferSize, staging.Capacity), pool.MaxRequestLength);
+            var chunkSize = Math.Min(buffers.BufferSize, staging.Capacity); // the pool cuts it into requests
             var socket = connection.Socket;
             var end = offset + length;
             var position = offset + copied; // where the staging pipe's first byte goes

@@ -347,6 +347,10 @@ public sealed partial class ProxyServer : IAsyncDisposable
         {
             errors.Add($"Backend:NbdRequestSize={backend.NbdRequestSize} must be 0 (one request per chunk) or lie between 4096 and 33554432");
         }
+        if (backend.SpliceRequestSize != 0 && (backend.SpliceRequestSize is < 4096 or > 32 * 1024 * 1024 || backend.SpliceRequestSize % 4096 != 0))
+        {
+            errors.Add($"Backend:SpliceRequestSize={backend.SpliceRequestSize} must be 0 (as Backend:NbdRequestSize) or a multiple of 4096 between 4096 and 33554432");
+        }
         if (backend.ZeroStep is < 4096 or > uint.MaxValue - 4095)
         {
             errors.Add($"Backend:ZeroStep={backend.ZeroStep} must lie between 4096 and 4 GiB - 4096");

@@ -35,6 +35,7 @@ public sealed partial class TicketStore : IAsyncDisposable
         {
             MaxConnections = _backend.EffectiveNbdConnections,
             MaxRequestSize = _backend.NbdRequestSize,
+            MaxPipeRequestSize = _backend.SpliceRequestSize,
             Connection = new NbdClientOptions
             {
                 MetaContexts = [NbdMetaContexts.BaseAllocation, NbdMetaContexts.AllocationDepth],
@@ -45,6 +46,7 @@ public sealed partial class TicketStore : IAsyncDisposable
                 HandshakeTimeout = TimeSpan.FromSeconds(_backend.ConnectTimeout),
                 SocketBufferSize = _backend.SocketBufferSize,
                 ZeroCopyWrites = _backend.ZeroCopyWrites,
+                MaxInFlight = MaxRequestsInFlight(_backend),
             },
             // Only connecting is retried, never a request: a write is not replayed after a later
             // overlapping one may have been sent; the client resends after a 5xx (docs/reliability.md).
@@ -55,6 +57,15 @@ public sealed partial class TicketStore : IAsyncDisposable
             BreakerBreakDuration = TimeSpan.FromSeconds(_backend.BreakerBreakDuration),
             BreakerSamplingDuration = TimeSpan.FromSeconds(_backend.BreakerSamplingDuration),
         };
+    }
+
+    /// <summary>Requests one NBD connection may have in flight: enough that the byte budgets, not this count,
+    /// bound the requests of a chunk cut into parts (a part waiting for a slot costs a thread-pool hop).</summary>
+    internal static int MaxRequestsInFlight(BackendOptions backend)
+    {
+        var sizes = new[] { backend.NbdRequestSize, backend.SpliceRequestSize, backend.ChunkSize }.Where(size => size > 0);
+        var request = Math.Min(sizes.Min(), backend.ChunkSize);
+        return (int)Math.Clamp((backend.MaxInFlightBytes + request - 1) / Math.Max(1, request), 64, 4096);
     }
 
     /// <summary>In-flight bytes of the whole process.</summary>
