@@ -150,7 +150,8 @@ public static class SplicedUpload
             var tail = head.Slice(copied);
             staging.Write(tail.IsSingleSegment ? tail.FirstSpan : tail.ToArray());
 
-            // 3. The rest comes from the socket, a chunk per pipe, each sent whole as one NBD request.
+            // 3. The rest comes from the socket, a chunk per pipe, each sent as one write (the pool cuts it into
+            // Backend:SpliceRequestSize requests, back to back on one connection).
             var chunkSize = Math.Min(buffers.BufferSize, staging.Capacity); // the pool cuts it into requests
             var socket = connection.Socket;
             var end = offset + length;
