@@ -364,9 +364,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
     internal Task SubmitForPool(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload,
         SplicePipe? source, long length, Action<Exception?> settled, CancellationToken cancellationToken)
     {
-        CheckRequest(command, flags, offset, length);
-        if (length > (command == NbdCommand.Write ? _export.MaximumPayload : MaxEffectLength))
-            throw new ArgumentOutOfRangeException(nameof(length), "the pool splits requests before submitting them");
+        CheckPoolRequest(command, flags, offset, length);
         var request = new NbdRequest(command, flags, offset, (uint)length) { Payload = payload, Source = source, OnSettled = settled };
         return SubmitAsync(request, cancellationToken);
     }
@@ -382,25 +380,29 @@ public sealed partial class NbdConnection : IAsyncDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(partSize);
         var count = (int)((length + partSize - 1) / partSize);
-        var group = new RequestGroup(count);
-        var settledParts = new SettledCounter(count, settled);
+        var group = new RequestGroup(count, settled);
         var parts = new NbdRequest[count];
         for (var i = 0; i < count; i++)
         {
             var at = (long)i * partSize;
             var partLength = (int)Math.Min(partSize, length - at);
-            CheckRequest(command, flags, offset + at, partLength);
-            if (partLength > (command == NbdCommand.Write ? _export.MaximumPayload : MaxEffectLength))
-                throw new ArgumentOutOfRangeException(nameof(partSize), "a part is larger than the server accepts");
+            CheckPoolRequest(command, flags, offset + at, partLength);
             parts[i] = new NbdRequest(command, flags, offset + at, (uint)partLength)
             {
                 Payload = payload.IsEmpty ? default : payload.Slice((int)at, partLength),
                 Source = source,
-                OnSettled = settledParts.PartSettled,
+                OnSettled = group.PartSettled,
                 Group = group,
             };
         }
         return SubmitPartsAsync(parts, group, cancellationToken);
+    }
+
+    private void CheckPoolRequest(NbdCommand command, NbdCommandFlags flags, long offset, long length)
+    {
+        CheckRequest(command, flags, offset, length);
+        if (length > (command == NbdCommand.Write ? _export.MaximumPayload : MaxEffectLength))
+            throw new ArgumentOutOfRangeException(nameof(length), "the pool splits requests before submitting them");
     }
 
     private async Task SubmitPartsAsync(NbdRequest[] parts, RequestGroup group, CancellationToken cancellationToken)

@@ -265,12 +265,11 @@ public sealed class NbdPool : IAsyncDisposable
             var connection = await GetConnectionAsync(cancellationToken).ConfigureAwait(false);
             // The range and the barrier are released when the request is really over, not when the caller
             // stops waiting; inline, before the caller is released (EndWrite only takes a short lock).
+            Action<Exception?> settled = error => EndWrite(range, sequence, error);
             var limit = source is null ? RequestLimit : PipeRequestLimit;
             caller = command == NbdCommand.Write && length > limit
-                ? connection.SubmitPartsForPool(command, flags, offset, payload, source, length, limit,
-                    error => EndWrite(range, sequence, error), cancellationToken)
-                : connection.SubmitForPool(command, flags, offset, payload, source, length,
-                    error => EndWrite(range, sequence, error), cancellationToken);
+                ? connection.SubmitPartsForPool(command, flags, offset, payload, source, length, limit, settled, cancellationToken)
+                : connection.SubmitForPool(command, flags, offset, payload, source, length, settled, cancellationToken);
         }
         catch
         {

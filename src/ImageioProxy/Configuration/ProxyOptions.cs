@@ -88,7 +88,8 @@ public sealed class BackendOptions
     public const string Section = "Backend";
 
     /// <summary>Bytes per chunk buffer of GET and PUT (at most 32 MiB, qemu-nbd's maximum request); a chunk
-    /// goes to qemu-nbd as requests of at most <see cref="NbdRequestSize"/>.</summary>
+    /// goes to qemu-nbd as requests of at most <see cref="NbdRequestSize"/> (<see cref="SpliceRequestSize"/>
+    /// when it was spliced).</summary>
     public int ChunkSize { get; set; } = 1024 * 1024;
 
     /// <summary>The largest NBD READ/WRITE sent: a chunk is cut into requests of at most this size (0, the

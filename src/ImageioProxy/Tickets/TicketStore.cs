@@ -63,9 +63,8 @@ public sealed partial class TicketStore : IAsyncDisposable
     /// bound the requests of a chunk cut into parts (a part waiting for a slot costs a thread-pool hop).</summary>
     internal static int MaxRequestsInFlight(BackendOptions backend)
     {
-        var sizes = new[] { backend.NbdRequestSize, backend.SpliceRequestSize, backend.ChunkSize }.Where(size => size > 0);
-        var request = Math.Min(sizes.Min(), backend.ChunkSize);
-        return (int)Math.Clamp((backend.MaxInFlightBytes + request - 1) / Math.Max(1, request), 64, 4096);
+        var request = new[] { backend.NbdRequestSize, backend.SpliceRequestSize, backend.ChunkSize }.Where(size => size > 0).Min();
+        return (int)Math.Clamp((backend.MaxInFlightBytes + request - 1) / request, 64, 4096);
     }
 
     /// <summary>In-flight bytes of the whole process.</summary>

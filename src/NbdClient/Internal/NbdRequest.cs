@@ -295,16 +295,30 @@ internal sealed class NbdRequest
 /// <summary>Several requests that together carry one write (<see cref="NbdConnection"/> cuts a write larger
 /// than the request limit into parts, sent back to back on one connection). The caller waits for
 /// <see cref="Task"/>: it completes once every part is over, with the first part's error if any failed, or
-/// cancelled. Counting here instead of awaiting each part spares a thread-pool hop per part.</summary>
-internal sealed class RequestGroup(int parts)
+/// cancelled. The pool's <c>settled</c> callback runs once, when every part has settled, with the first error.
+/// Counting here instead of awaiting each part spares a thread-pool hop per part.</summary>
+internal sealed class RequestGroup
 {
     private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private int _remaining = parts;
+    private readonly Action<Exception?> _settled;
+    private int _remaining;
+    private int _unsettled;
     private Exception? _error;
+    private Exception? _settledError;
     private int _canceled;
     private volatile bool _broken;
 
+    public RequestGroup(int parts, Action<Exception?> settled)
+    {
+        _remaining = _unsettled = parts;
+        _settled = settled;
+        PartSettled = OnPartSettled; // one delegate for every part
+    }
+
     public Task Task => _done.Task;
+
+    /// <summary>Each part's <see cref="NbdRequest.OnSettled"/>.</summary>
+    public Action<Exception?> PartSettled { get; }
 
     /// <summary>A part was skipped (cancelled before it was sent): no later part may be sent.</summary>
     public bool IsBroken => _broken;
@@ -326,19 +340,12 @@ internal sealed class RequestGroup(int parts)
         else
             _done.TrySetResult();
     }
-}
 
-/// <summary>Calls its callback once every part of a write has settled, with the first error.</summary>
-internal sealed class SettledCounter(int parts, Action<Exception?> settled)
-{
-    private int _remaining = parts;
-    private Exception? _error;
-
-    public void PartSettled(Exception? error)
+    private void OnPartSettled(Exception? error)
     {
         if (error is not null)
-            Interlocked.CompareExchange(ref _error, error, null);
-        if (Interlocked.Decrement(ref _remaining) == 0)
-            settled(Volatile.Read(ref _error));
+            Interlocked.CompareExchange(ref _settledError, error, null);
+        if (Interlocked.Decrement(ref _unsettled) == 0)
+            _settled(Volatile.Read(ref _settledError));
     }
 }
