@@ -74,9 +74,9 @@ public sealed record NbdPoolOptions
     /// <summary>Connections to open when the export advertises CAN_MULTI_CONN (otherwise 1).</summary>
     public int MaxConnections { get; init; } = 4;
 
-    /// <summary>Reads and writes longer than this are split into requests of at most this many bytes: a read's
-    /// parts are sent at once across the pool, a write's back to back on one connection (so that a pipe's
-    /// payload can be cut too). 0: only the export's maximum payload splits them. qemu-nbd allocates a
+    /// <summary>Reads and writes longer than this are split into requests of at most this many bytes, sent back
+    /// to back on one connection (so that a pipe's payload can be cut too; the caller waits for the group, not
+    /// for each part). 0: only the export's maximum payload splits them. qemu-nbd allocates a
     /// buffer per request, and with glibc's allocator large ones can cost it a page fault per page
     /// (docs/benchmarks.md, fourth and seventh rounds).</summary>
     public int MaxRequestSize { get; init; }

@@ -377,6 +377,16 @@ public sealed partial class NbdConnection : IAsyncDisposable
     /// by the next request (docs/benchmarks.md, seventh round).</summary>
     internal Task SubmitPartsForPool(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload,
         SplicePipe? source, long length, int partSize, Action<Exception?> settled, CancellationToken cancellationToken)
+        => SubmitParts(command, flags, offset, payload, source, default, length, partSize, settled, cancellationToken);
+
+    /// <summary>Submits one read for the pool as requests of at most <paramref name="partSize"/> bytes, sent in
+    /// order on this connection, each filling its slice of <paramref name="buffer"/>; as for writes, the
+    /// caller's task completes when every part is over (none is still writing into the buffer).</summary>
+    internal Task SubmitReadPartsForPool(long offset, Memory<byte> buffer, int partSize, CancellationToken cancellationToken)
+        => SubmitParts(NbdCommand.Read, NbdCommandFlags.None, offset, default, null, buffer, buffer.Length, partSize, null, cancellationToken);
+
+    private Task SubmitParts(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload,
+        SplicePipe? source, Memory<byte> destination, long length, int partSize, Action<Exception?>? settled, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(partSize);
         var count = (int)((length + partSize - 1) / partSize);
@@ -391,7 +401,8 @@ public sealed partial class NbdConnection : IAsyncDisposable
             {
                 Payload = payload.IsEmpty ? default : payload.Slice((int)at, partLength),
                 Source = source,
-                OnSettled = group.PartSettled,
+                Destination = destination.IsEmpty ? default : destination.Slice((int)at, partLength),
+                OnSettled = settled is null ? null : group.PartSettled,
                 Group = group,
             };
         }

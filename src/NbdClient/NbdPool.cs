@@ -180,14 +180,9 @@ public sealed class NbdPool : IAsyncDisposable
             await ReadPartAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
             return;
         }
-        var parts = new List<Task>();
-        for (var at = 0; at < buffer.Length; at += max)
-        {
-            var part = buffer.Slice(at, Math.Min(max, buffer.Length - at));
-            var partOffset = offset + at;
-            parts.Add(ReadPartAsync(partOffset, part, cancellationToken));
-        }
-        await Tasks.WhenAllInOrderAsync(parts).ConfigureAwait(false);
+        // Parts back to back on one connection, the caller waiting for the group (as for writes).
+        var connection = await GetConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await connection.SubmitReadPartsForPool(offset, buffer, max, cancellationToken).ConfigureAwait(false);
     }
 
     private async Task ReadPartAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)

@@ -24,7 +24,7 @@ internal sealed class NbdRequest
     public long End => Offset + Length;
     public ulong Cookie { get; set; }
 
-    /// <summary>The write this request is one part of, when a write was cut into several requests; the
+    /// <summary>The read or write this request is one part of, when it was cut into several requests; the
     /// caller waits for the group, not for each part.</summary>
     public RequestGroup? Group { get; init; }
 
@@ -292,15 +292,15 @@ internal sealed class NbdRequest
     }
 }
 
-/// <summary>Several requests that together carry one write (<see cref="NbdConnection"/> cuts a write larger
+/// <summary>Several requests that together carry one read or write (<see cref="NbdConnection"/> cuts one larger
 /// than the request limit into parts, sent back to back on one connection). The caller waits for
 /// <see cref="Task"/>: it completes once every part is over, with the first part's error if any failed, or
-/// cancelled. The pool's <c>settled</c> callback runs once, when every part has settled, with the first error.
+/// cancelled. For a write, the pool's <c>settled</c> callback runs once, when every part has settled, with the first error.
 /// Counting here instead of awaiting each part spares a thread-pool hop per part.</summary>
 internal sealed class RequestGroup
 {
     private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly Action<Exception?> _settled;
+    private readonly Action<Exception?>? _settled;
     private int _remaining;
     private int _unsettled;
     private Exception? _error;
@@ -308,7 +308,7 @@ internal sealed class RequestGroup
     private int _canceled;
     private volatile bool _broken;
 
-    public RequestGroup(int parts, Action<Exception?> settled)
+    public RequestGroup(int parts, Action<Exception?>? settled)
     {
         _remaining = _unsettled = parts;
         _settled = settled;
@@ -346,6 +346,6 @@ internal sealed class RequestGroup
         if (error is not null)
             Interlocked.CompareExchange(ref _settledError, error, null);
         if (Interlocked.Decrement(ref _unsettled) == 0)
-            _settled(Volatile.Read(ref _settledError));
+            _settled?.Invoke(Volatile.Read(ref _settledError));
     }
 }

@@ -91,17 +91,49 @@ public partial class NbdPoolTests
         var requests = (await server.ReadLogLinesAsync())
             .Select(line => RequestLine().Match(line))
             .Where(m => m.Success)
-            .Select(m => (Op: m.Groups[1].Value, Offset: Convert.ToInt64(m.Groups[2].Value, 16), Count: Convert.ToInt32(m.Groups[3].Value, 16)))
+            .Select(m => (Connection: m.Groups[1].Value, Op: m.Groups[2].Value, Offset: Convert.ToInt64(m.Groups[3].Value, 16), Count: Convert.ToInt32(m.Groups[4].Value, 16)))
             .ToList();
         foreach (var op in new[] { "Write", "Read" })
         {
             var parts = requests.Where(r => r.Op == op).OrderBy(r => r.Offset).ToList();
             parts.Select(p => p.Count).Should().Equal(expectedCounts, $"each {op} is cut at the limit");
             parts.Select(p => p.Offset).Should().Equal(expectedCounts.Select((_, i) => 4096L + expectedCounts.Take(i).Sum(c => (long)c)));
+            parts.Select(p => p.Connection).Distinct().Should().ContainSingle($"the parts of one {op} go out back to back on one connection");
         }
     }
 
-    [GeneratedRegex(@"\b(Write|Read) id=\d+ offset=0x([0-9a-f]+) count=0x([0-9a-f]+)")]
+    [Fact]
+    public async Task CancellingAReadCutIntoParts_EndsIt_AndLeavesThePoolUsable()
+    {
+        // One request in flight per connection: the first part waits at the paused server, the others for a slot.
+        await using var server = await NbdkitServer.StartAsync(["memory", "16M"], new NbdkitOptions { Filters = ["pause"] });
+        await using var pool = await NbdPool.ConnectAsync(Endpoints.Of(server),
+            new NbdPoolOptions { MaxRequestSize = 64 * 1024, MaxConnections = 1, Connection = new NbdClientOptions { MaxInFlight = 1 } });
+        var data = Endpoints.RandomBytes(4096, 41);
+        await pool.WriteAsync(1 << 20, data);
+        using var cancel = new CancellationTokenSource();
+        await server.PauseAsync();
+        try
+        {
+            var read = pool.ReadAsync(0, new byte[4 * 64 * 1024], cancel.Token).AsTask();
+            await Task.Delay(200);
+            read.IsCompleted.Should().BeFalse("the server is paused");
+            cancel.Cancel();
+            await FluentActions.Awaiting(() => read.WaitAsync(Endpoints.Bound)).Should().ThrowAsync<OperationCanceledException>();
+        }
+        finally
+        {
+            await server.ResumeAsync();
+        }
+
+        // The first part was on the wire: its reply is read and dropped, and the pool goes on.
+        var back = new byte[data.Length];
+        await pool.ReadAsync(1 << 20, back).AsTask().WaitAsync(Endpoints.Bound);
+        back.Should().Equal(data);
+        pool.InFlight.Should().Be(0);
+    }
+
+    [GeneratedRegex(@"connection=(\d+) (Write|Read) id=\d+ offset=0x([0-9a-f]+) count=0x([0-9a-f]+)")]
     private static partial Regex RequestLine();
 
     [GeneratedRegex(@"connection=(\d+) (\.\.\.)?(Write|Zero|Trim|Flush) id=(\d+)")]
