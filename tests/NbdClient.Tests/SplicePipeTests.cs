@@ -139,21 +139,7 @@ public sealed partial class SplicePipeTests
             new NbdPoolOptions { MaxRequestSize = 64 * 1024, MaxConnections = 1, Connection = new NbdClientOptions { MaxInFlight = 1 } });
         using var pipe = SplicePipe.TryCreate(MiB)!;
         pipe.Write(Pattern(4 * 64 * 1024, 8));
-        using var cancel = new CancellationTokenSource();
-        await server.PauseAsync();
-        Task write;
-        try
-        {
-            write = pool.WriteAsync(0, pipe, cancellationToken: cancel.Token).AsTask();
-            await Task.Delay(200);
-            write.IsCompleted.Should().BeFalse("the server is paused");
-            cancel.Cancel();
-            await FluentActions.Awaiting(() => write.WaitAsync(Endpoints.Bound)).Should().ThrowAsync<OperationCanceledException>();
-        }
-        finally
-        {
-            await server.ResumeAsync();
-        }
+        await Endpoints.CancelWhilePausedAsync(server, cancel => pool.WriteAsync(0, pipe, cancellationToken: cancel).AsTask());
         pipe.Length.Should().Be(3 * 64 * 1024, "the parts after the first were never sent");
 
         // The first part was on the wire: its reply is read and dropped, and the pool goes on.

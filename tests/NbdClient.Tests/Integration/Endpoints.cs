@@ -17,4 +17,24 @@ internal static class Endpoints
         new Random(seed).NextBytes(data);
         return data;
     }
+
+    /// <summary>Starts an operation against a paused nbdkit (pause filter), checks that it waits, cancels it and
+    /// expects it to end cancelled; the server is resumed whatever happens.</summary>
+    public static async Task CancelWhilePausedAsync(NbdkitServer server, Func<CancellationToken, Task> start)
+    {
+        using var cancel = new CancellationTokenSource();
+        await server.PauseAsync();
+        try
+        {
+            var operation = start(cancel.Token);
+            await Task.Delay(200);
+            operation.IsCompleted.Should().BeFalse("the server is paused");
+            cancel.Cancel();
+            await FluentActions.Awaiting(() => operation.WaitAsync(Bound)).Should().ThrowAsync<OperationCanceledException>();
+        }
+        finally
+        {
+            await server.ResumeAsync();
+        }
+    }
 }
