@@ -206,13 +206,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
         var max = _export.MaximumPayload;
         if (buffer.Length <= max)
             return new ValueTask(SubmitAsync(new NbdRequest(NbdCommand.Read, flags, offset, (uint)buffer.Length) { Destination = buffer }, cancellationToken));
-        var parts = new List<Task>((buffer.Length + max - 1) / max);
-        for (var at = 0; at < buffer.Length; at += max)
-        {
-            var part = buffer.Slice(at, Math.Min(max, buffer.Length - at));
-            parts.Add(SubmitAsync(new NbdRequest(NbdCommand.Read, flags, offset + at, (uint)part.Length) { Destination = part }, cancellationToken));
-        }
-        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
+        return new ValueTask(SubmitParts(NbdCommand.Read, flags, offset, default, null, buffer, buffer.Length, max, null, cancellationToken));
     }
 
     /// <summary>Writes data at offset (split above the maximum payload). Completes when the server acknowledged every part.</summary>
@@ -225,13 +219,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
         var max = _export.MaximumPayload;
         if (data.Length <= max)
             return new ValueTask(SubmitAsync(new NbdRequest(NbdCommand.Write, flags, offset, (uint)data.Length) { Payload = data }, cancellationToken));
-        var parts = new List<Task>((data.Length + max - 1) / max);
-        for (var at = 0; at < data.Length; at += max)
-        {
-            var part = data.Slice(at, Math.Min(max, data.Length - at));
-            parts.Add(SubmitAsync(new NbdRequest(NbdCommand.Write, flags, offset + at, (uint)part.Length) { Payload = part }, cancellationToken));
-        }
-        return new ValueTask(Tasks.WhenAllInOrderAsync(parts));
+        return new ValueTask(SubmitParts(NbdCommand.Write, flags, offset, data, null, default, data.Length, max, null, cancellationToken));
     }
 
     public ValueTask WriteZeroesAsync(long offset, long length, NbdCommandFlags flags = NbdCommandFlags.None, CancellationToken cancellationToken = default)
@@ -385,6 +373,8 @@ public sealed partial class NbdConnection : IAsyncDisposable
     internal Task SubmitReadPartsForPool(long offset, Memory<byte> buffer, int partSize, CancellationToken cancellationToken)
         => SubmitParts(NbdCommand.Read, NbdCommandFlags.None, offset, default, null, buffer, buffer.Length, partSize, null, cancellationToken);
 
+    /// <summary>One read or write as parts back to back on this connection, counted by one <see cref="RequestGroup"/>
+    /// (the public ReadAsync/WriteAsync above the export's maximum payload, and the pool's cuts).</summary>
     private Task SubmitParts(NbdCommand command, NbdCommandFlags flags, long offset, ReadOnlyMemory<byte> payload,
         SplicePipe? source, Memory<byte> destination, long length, int partSize, Action<Exception?>? settled, CancellationToken cancellationToken)
     {

@@ -152,7 +152,7 @@ public static class SplicedUpload
 
             // 3. The rest comes from the socket, a chunk per pipe, each sent as one write (the pool cuts it into
             // Backend:SpliceRequestSize requests, back to back on one connection).
-            var chunkSize = Math.Min(buffers.BufferSize, staging.Capacity); // the pool cuts it into requests
+            var chunkSize = Math.Min(buffers.BufferSize, staging.Capacity);
             var socket = connection.Socket;
             var end = offset + length;
             var position = offset + copied; // where the staging pipe's first byte goes

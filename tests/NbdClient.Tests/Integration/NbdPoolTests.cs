@@ -43,7 +43,7 @@ public partial class NbdPoolTests
             await Task.WhenAll(writes).WaitAsync(Endpoints.Bound);
             await pool.FlushAsync();
             var back = new byte[bytes.Length];
-            await pool.ReadAsync(0, back); // above the maximum payload: split across connections
+            await pool.ReadAsync(0, back); // above the maximum payload: parts back to back on one connection
             back.AsSpan().SequenceEqual(bytes).Should().BeTrue();
         }
         var compare = await QemuImg.CompareAsync(source.Path, image, "raw", "qcow2");
