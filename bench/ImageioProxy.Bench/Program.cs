@@ -9,7 +9,8 @@ namespace ImageioProxy.Bench;
 //   ImageioProxy.Bench --proxy PATH [--pairs 3] [--size-gib 2] [--only S1,S3] [--markdown docs/benchmarks.md]
 //                      [--proxy-arg --Section:Key=value]... [--proxy-env NAME=VALUE]... [--with-16g]
 //                      [--client-wmem BYTES]   (net.core.wmem_default during the run, restored after; root)
-//   ImageioProxy.Bench sink --port N [--cert PEM --key PEM] [--kestrel-defaults]   (the HTTP ceiling)
+//   ImageioProxy.Bench sink --port N [--cert PEM --key PEM] [--unix PATH] [--kestrel-defaults]   (the HTTP ceiling:
+//                      PUT bodies are read and dropped, GET ?size=N answers N bytes)
 internal static class BenchMain
 {
     public static async Task<int> Main(string[] args)
@@ -220,6 +221,7 @@ internal sealed partial class Suite(BenchSettings settings)
             [
                 new("proxy, curl --unix-socket PUT", (round, ct) => ProxyCurlUploadAsync(round, tls: false, unix: true, ct)),
                 new("nbdcopy → qemu-nbd (the limit)", (round, ct) => NbdcopyUploadAsync(_source, Dir, round, ct)),
+                new("sink, curl --unix-socket PUT (ceiling)", (round, ct) => SinkCurlUploadAsync(tls: false, ct, unix: true)),
             ]) { TargetRatio = 0.95 };
         await CompareAsync(result, cancellationToken);
     }
@@ -230,6 +232,7 @@ internal sealed partial class Suite(BenchSettings settings)
             [
                 new("proxy, curl GET (HTTP)", ProxyDownloadAsync),
                 new("nbdcopy qemu-nbd → null:", NbdcopyDownloadAsync),
+                new("sink, curl GET (HTTP ceiling)", (round, ct) => SinkCurlDownloadAsync(ct)),
             ]) { TargetRatio = 0.90 };
         await CompareAsync(result, cancellationToken);
     }
@@ -436,12 +439,23 @@ internal sealed partial class Suite(BenchSettings settings)
         return measurement;
     }
 
-    private async Task<Measurement> SinkCurlUploadAsync(bool tls, CancellationToken cancellationToken)
+    private async Task<Measurement> SinkCurlUploadAsync(bool tls, CancellationToken cancellationToken, bool unix = false)
     {
-        await using var sink = await SinkProcess.StartAsync(settings, tls, cancellationToken);
+        await using var sink = await SinkProcess.StartAsync(settings, tls, cancellationToken, unix);
         var url = sink.Url.ToString();
         await WarmUpOverTcpAsync(sink.Url, cancellationToken);
-        return await MeasureAsync(sink.Process, settings.Size, () => Curl(cancellationToken, [.. TlsArgs(tls), "-X", "PUT", "--upload-file", _source, url]));
+        string[] curlArgs = sink.UnixSocket is string socket ? ["--unix-socket", socket] : TlsArgs(tls);
+        return await MeasureAsync(sink.Process, settings.Size, () => Curl(cancellationToken, [.. curlArgs, "-X", "PUT", "--upload-file", _source, url]));
+    }
+
+    /// <summary>S5's ceiling: the same curl GET from a bare Kestrel endpoint that sends bytes from memory,
+    /// so without NBD reads (SinkServer).</summary>
+    private async Task<Measurement> SinkCurlDownloadAsync(CancellationToken cancellationToken)
+    {
+        await using var sink = await SinkProcess.StartAsync(settings, tls: false, cancellationToken);
+        var url = $"{sink.Url}?size={settings.Size}";
+        await WarmUpOverTcpAsync(new Uri($"{sink.Url}?size={MiB}"), cancellationToken, downloads: true);
+        return await MeasureAsync(sink.Process, settings.Size, () => Curl(cancellationToken, "-o", "/dev/null", url));
     }
 
     private async Task<Measurement> ProxyWrkAsync(string script, int connections, CancellationToken cancellationToken)

@@ -106,19 +106,28 @@ internal sealed class ProxyProcess(ChildProcess process, int port, string localS
 
 /// <summary>The HTTP ceiling: this program's "sink" mode as a separate process, a bare Kestrel endpoint
 /// that reads and discards every request body (SinkServer).</summary>
-internal sealed class SinkProcess(ChildProcess process, int port, bool tls) : IAsyncDisposable
+internal sealed class SinkProcess(ChildProcess process, int port, bool tls, string? unixSocket) : IAsyncDisposable
 {
     public ChildProcess Process { get; } = process;
 
+    /// <summary>The sink's unix socket, when started with one (S4's ceiling).</summary>
+    public string? UnixSocket { get; } = unixSocket;
+
     public Uri Url { get; } = new($"{(tls ? "https" : "http")}://localhost:{port}/images/sink");
 
-    public static async Task<SinkProcess> StartAsync(BenchSettings settings, bool tls, CancellationToken cancellationToken)
+    public static async Task<SinkProcess> StartAsync(BenchSettings settings, bool tls, CancellationToken cancellationToken, bool unix = false)
     {
         var port = Tool.FreeTcpPort();
         var args = new List<string> { "sink", "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture) };
         if (tls)
         {
             args.AddRange(["--cert", settings.CertFile, "--key", settings.KeyFile]);
+        }
+        var unixSocket = unix ? Path.Combine(settings.WorkDirectory, "sink.sock") : null;
+        if (unixSocket is not null)
+        {
+            File.Delete(unixSocket);
+            args.AddRange(["--unix", unixSocket]);
         }
         args.AddRange(settings.SinkArgs);
         // This program again, through its apphost or through `dotnet ImageioProxy.Bench.dll`.
@@ -131,13 +140,17 @@ internal sealed class SinkProcess(ChildProcess process, int port, bool tls) : IA
         try
         {
             await process.WaitForTcpPortAsync(port, cancellationToken);
+            if (unixSocket is not null)
+            {
+                await process.WaitForUnixSocketAsync(unixSocket, cancellationToken);
+            }
         }
         catch
         {
             await process.DisposeAsync();
             throw;
         }
-        return new SinkProcess(process, port, tls);
+        return new SinkProcess(process, port, tls, unixSocket);
     }
 
     public ValueTask DisposeAsync() => Process.DisposeAsync();

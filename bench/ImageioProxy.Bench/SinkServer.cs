@@ -7,7 +7,8 @@ namespace ImageioProxy.Bench;
 
 /// <summary>The HTTP ceiling: a bare Kestrel endpoint that reads every request body and throws it away,
 /// with the same Kestrel settings as the proxy (ImageioProxy.Hosting.KestrelTuning), so that
-/// "proxy / sink" is the cost of everything the proxy does beyond receiving HTTP.</summary>
+/// "proxy / sink" is the cost of everything the proxy does beyond receiving HTTP. A GET with
+/// <c>?size=N</c> answers N bytes from one 1 MiB buffer instead: the same ceiling for downloads (S5).</summary>
 internal static class SinkServer
 {
     public static async Task<int> RunAsync(string[] args)
@@ -18,7 +19,7 @@ internal static class SinkServer
             Environment.SetEnvironmentVariable(ImageioProxy.Hosting.KestrelTuning.InlineCompletionsVariable, "1");
         }
         int port = 0;
-        string? cert = null, key = null;
+        string? cert = null, key = null, unixSocket = null;
         var tuned = true;
         var http = new ImageioProxy.Configuration.HttpOptions();
         for (var i = 0; i < args.Length; i++)
@@ -28,6 +29,7 @@ internal static class SinkServer
                 case "--port": port = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--cert": cert = args[++i]; break;
                 case "--key": key = args[++i]; break;
+                case "--unix": unixSocket = args[++i]; break;
                 case "--kestrel-defaults": tuned = false; break;
                 case "--block-size": http.PoolBlockSize = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--request-buffer": http.MaxRequestBufferSize = long.Parse(args[++i], CultureInfo.InvariantCulture); break;
@@ -58,10 +60,29 @@ internal static class SinkServer
                     listen.UseHttps(https => https.ServerCertificate = certificate);
                 }
             });
+            if (unixSocket is not null)
+            {
+                // S4's ceiling: plain HTTP on a unix socket, as the proxy's Local listener.
+                kestrel.ListenUnixSocket(unixSocket, listen => listen.Protocols = HttpProtocols.Http1);
+            }
         });
         var app = builder.Build();
+        var source = new byte[1 << 20];
+        new Random(5).NextBytes(source);
         app.Run(async http =>
         {
+            if (HttpMethods.IsGet(http.Request.Method))
+            {
+                var size = long.Parse(http.Request.Query["size"].ToString(), CultureInfo.InvariantCulture);
+                http.Response.ContentLength = size;
+                for (var sent = 0L; sent < size;)
+                {
+                    var n = (int)Math.Min(source.Length, size - sent);
+                    await http.Response.Body.WriteAsync(source.AsMemory(0, n), http.RequestAborted); // as the proxy's GET writes
+                    sent += n;
+                }
+                return;
+            }
             var reader = http.Request.BodyReader;
             while (true)
             {
