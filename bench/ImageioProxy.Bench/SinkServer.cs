@@ -73,7 +73,12 @@ internal static class SinkServer
         {
             if (HttpMethods.IsGet(http.Request.Method))
             {
-                var size = long.Parse(http.Request.Query["size"].ToString(), CultureInfo.InvariantCulture);
+                if (!long.TryParse(http.Request.Query["size"], NumberStyles.None, CultureInfo.InvariantCulture, out var size))
+                {
+                    http.Response.StatusCode = StatusCodes.Status400BadRequest;
+                    await http.Response.WriteAsync("sink: GET needs ?size=BYTES\n");
+                    return;
+                }
                 http.Response.ContentLength = size;
                 for (var sent = 0L; sent < size;)
                 {
