@@ -6,8 +6,8 @@
 #   http       curl PUT to the proxy over plain HTTP (S1), the proxy warmed by one untimed upload first
 #   floor-120k the same PUT to splice-floor.c: one C thread splicing the body into qemu-nbd as NBD WRITEs of
 #              120 KiB (the proxy's Backend:SpliceRequestSize), no HTTP framework, no runtime
+#   floor-1m   the same floor with 1 MiB WRITEs
 #   http-1m    S1 to a proxy started with --Backend:SpliceRequestSize=0 (1 MiB NBD WRITEs), warmed the same way
-#   floor-1m   the same with 1 MiB WRITEs (Backend:SpliceRequestSize=0)
 #   tls-sink   curl PUT over HTTPS (HTTP/1.1) to the bench's bare Kestrel sink (S3's ceiling)
 #   tls-floor  the same PUT to tls-sink.c: OpenSSL reading the socket itself, no HTTP framework
 #   https      curl PUT to the proxy over HTTPS (S3)
