@@ -50,6 +50,20 @@ public class ContainerTests(PublishedApp app)
     }
 
     [Fact]
+    public void The_published_runtimeconfig_carries_the_measured_runtime_settings()
+    {
+        // docs/benchmarks.md (first and ninth rounds) and docs/configuration.md, "Runtime settings": what the
+        // container and the systemd unit run is the publish output, so that is where the settings must be.
+        using var config = JsonDocument.Parse(File.ReadAllText(System.IO.Path.Combine(app.Directory, "ImageioProxy.runtimeconfig.json")));
+        var properties = config.RootElement.GetProperty("runtimeOptions").GetProperty("configProperties");
+
+        properties.GetProperty("System.Runtime.TieredPGO").GetBoolean().Should().BeFalse();
+        properties.GetProperty("System.GC.Server").GetBoolean().Should().BeFalse();
+        properties.GetProperty("System.GC.Concurrent").GetBoolean().Should().BeFalse();
+        properties.GetProperty("System.Threading.ThreadPool.UnfairSemaphoreSpinLimit").GetInt32().Should().Be(0);
+    }
+
+    [Fact]
     public void The_image_runs_as_non_root_with_exec_form_entrypoint_and_healthcheck()
     {
         var stage = DockerfileStage.ParseFinalStage(DeployFiles.Path("Dockerfile"));
